@@ -1,0 +1,169 @@
+"""Build a tiny random-weight Qwen2.5-VL or Qwen3-VL checkpoint offline, for tests and demos.
+
+The checkpoint uses the real transformers model classes and the real image processor, a byte-level BPE
+tokenizer trained locally (with Qwen's special tokens at their usual roles) and a Qwen-style chat template.
+Its answers are gibberish; the code paths it exercises are the real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# A Qwen-style ChatML template: content may be a string or a list of {"type": "image"|"text"} parts.
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+CORPUS = (
+    "The invoice total is 1,234.56 EUR due on 2025-03-01. Read all text in the image. "
+    "Extract the fields as JSON: {\"name\": \"value\", \"amount\": 42}. "
+    "A table with columns Name | Value | Unit. A chart shows sales by month from January to December. "
+    "Find the buttons and return bbox_2d coordinates [10, 20, 300, 400] with labels. "
+    "<html><body><div class=\"header\">Login</div><button>OK</button></body></html> "
+    "The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?()[]{}<>'\"-_=+*/\\|@#$%^&~` "
+    "温度 压力 电压 发票 金额 日期 名称 "
+)
+
+
+def build_tokenizer(vocab_size: int):
+    """Train a byte-level BPE on a small built-in corpus and wrap it as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([CORPUS] * 20, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    return fast
+
+
+def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Write a tiny random-weight checkpoint of `family` into `out_dir` and return the folder."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(vocab_size=512)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab = len(tokenizer)
+    token_ids = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    text_common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig, Qwen2VLImageProcessorPil
+
+        config = Qwen2_5_VLConfig(
+            text_config=dict(text_common, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                           "mrope_section": [4, 2, 2]}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               window_size=56, fullatt_block_indexes=[1]),
+            **token_ids,
+        )
+        image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
+    elif family == "qwen3_vl":
+        from transformers import Qwen3VLConfig, Qwen2VLImageProcessorPil
+
+        config = Qwen3VLConfig(
+            text_config=dict(text_common, head_dim=16, rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               num_position_embeddings=64, deepstack_visual_indexes=[0]),
+            **token_ids,
+        )
+        image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    else:
+        raise SystemExit(f"unknown family {family!r}: choose qwen2_5_vl or qwen3_vl")
+
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out, safe_serialization=True)
+    # The files a real checkpoint ships: image processor, tokenizer, chat template.
+    image_processor.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    out = build(args.out_dir, args.family, args.seed)
+    print(f"tiny {args.family} checkpoint written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

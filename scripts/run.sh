@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (first run) and start the vlassist app on http://127.0.0.1:8501.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+exec .venv/bin/python -m streamlit run qwen_vl_app.py "$@"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (first run) and run the whole test suite with network sockets disabled; arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh -r tests/requirements.txt
+# Browser and proxy tests use Debian's chromium and nginx; install them where we may.
+need=()
+command -v chromium >/dev/null || need+=(chromium chromium-driver)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --disable-socket --allow-unix-socket "$@"

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny real checkpoints built once per session, loaded engines, image bytes."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _make_tiny_model():
+    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "scripts" / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen2.5-VL checkpoint folder."""
+    return _make_tiny_model().build(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen3-VL checkpoint folder."""
+    return _make_tiny_model().build(tmp_path_factory.mktemp("tiny") / "qwen3_vl", "qwen3_vl")
+
+
+def _engine(folder: Path):
+    from vlassist.config import load_settings
+    from vlassist.engine import load_engine
+
+    return load_engine(load_settings({"VLASSIST_MODEL_DIR": str(folder), "VLASSIST_DEVICE": "cpu",
+                                      "VLASSIST_STREAM_TIMEOUT_S": "60"}))
+
+
+@pytest.fixture(scope="session")
+def engine25(tiny_qwen25):
+    """An engine on the tiny Qwen2.5-VL checkpoint."""
+    return _engine(tiny_qwen25)
+
+
+@pytest.fixture(scope="session")
+def engine3(tiny_qwen3):
+    """An engine on the tiny Qwen3-VL checkpoint."""
+    return _engine(tiny_qwen3)
+
+
+@pytest.fixture(params=["qwen2_5_vl", "qwen3_vl"])
+def engine(request):
+    """Each tiny engine in turn."""
+    return request.getfixturevalue({"qwen2_5_vl": "engine25", "qwen3_vl": "engine3"}[request.param])
+
+
+def image_bytes(size=(64, 48), color=(200, 30, 30), fmt="PNG", mode="RGB", **save) -> bytes:
+    """Encode a solid-colour image in memory."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def png_file(tmp_path) -> Path:
+    """A small PNG on disk."""
+    path = tmp_path / "screen.png"
+    path.write_bytes(image_bytes((96, 64)))
+    return path

@@ -1,0 +1,124 @@
+"""Command line: `python -m vlassist ask IMAGE... --prompt TEXT` and `python -m vlassist info`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .config import load_settings
+from .conversation import GenerationOptions, Turn
+from .errors import VlassistError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m vlassist", description="Offline visual analysis with Qwen-VL.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    ask = sub.add_parser("ask", help="ask questions about images; the answer streams to stdout")
+    ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
+    ask.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
+    ask.add_argument("--prompt", "-p", action="append", required=True,
+                     help="a question; repeat for follow-up questions in the same conversation")
+    ask.add_argument("--max-new-tokens", type=int, default=1024)
+    ask.add_argument("--creative", action="store_true", help="sample instead of greedy (precise) decoding")
+    ask.add_argument("--temperature", type=float, default=0.7)
+    ask.add_argument("--top-p", type=float, default=0.8)
+    ask.add_argument("--repetition-penalty", type=float, default=1.05)
+    ask.add_argument("--max-image-tokens", type=int, help="visual-token budget per image")
+    ask.add_argument("--low-res", action="store_true", help="low-resolution mode (long side about 768 px)")
+    ask.add_argument("--seed", type=int)
+    ask.add_argument("--no-cache", action="store_true", help="do not reuse KV caches between turns")
+    ask.add_argument("--json-stats", action="store_true", help="print each answer's stats as a JSON line on stderr")
+    info = sub.add_parser("info", help="load the model and print family, device, attention and memory")
+    info.add_argument("--model", type=Path)
+    return ap
+
+
+def _options(args, settings) -> GenerationOptions:
+    if args.max_new_tokens < 1:
+        raise VlassistError("--max-new-tokens must be at least 1")
+    return GenerationOptions(
+        max_new_tokens=args.max_new_tokens, precise=not args.creative, temperature=args.temperature,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        max_image_tokens=args.max_image_tokens or settings.max_image_tokens, low_res=args.low_res,
+        seed=args.seed, use_cache=not args.no_cache,
+    )
+
+
+def _read_images(paths: list[Path]):
+    from .images import load_image
+
+    images = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise VlassistError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        images.append(load_image(data, str(path)))
+    return images
+
+
+def cmd_ask(args) -> int:
+    """Stream answers to each --prompt, as one conversation about the images."""
+    settings = load_settings()
+    if args.model:
+        settings = settings.with_(model_dir=args.model)
+    options = _options(args, settings)
+    images = _read_images(args.images)  # bad images fail before the model is loaded
+    from .engine import load_engine
+
+    engine = load_engine(settings)
+    turns: list[Turn] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl+C ends the answer, keeps what was said
+    for i, prompt in enumerate(args.prompt):
+        turns.append(Turn("user", prompt, images if i == 0 else []))
+        reply = engine.stream(turns, options, stop=stop)
+        for chunk in reply:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if args.json_stats:
+            print(json.dumps(reply.stats.to_dict()), file=sys.stderr, flush=True)
+        turns.append(Turn("assistant", reply.text))
+        if stop.is_set():
+            break
+    return 0
+
+
+def cmd_info(args) -> int:
+    """Load the model and describe it."""
+    settings = load_settings()
+    if args.model:
+        settings = settings.with_(model_dir=args.model)
+    from .engine import load_engine
+
+    engine = load_engine(settings)
+    info = engine.info
+    print(f"model:      {info.model_dir}")
+    print(f"family:     {info.family}")
+    print(f"device:     {info.device} ({info.dtype})")
+    print(f"attention:  {info.attn} — {info.attn_reason}")
+    print(f"parameters: {info.parameters:,}")
+    print(f"load time:  {info.load_s:.1f} s")
+    print("memory:     " + ", ".join(f"{k} {v:.2f} GiB" for k, v in engine.memory().items()))
+    print("versions:   " + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; expected errors print one line on stderr and exit 2."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"ask": cmd_ask, "info": cmd_info}[args.command](args)
+    except VlassistError as exc:
+        print(f"vlassist: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

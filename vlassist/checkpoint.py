@@ -1,0 +1,80 @@
+"""Recognise a local Qwen-VL checkpoint folder and say exactly what is missing from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFoundError
+
+FETCH_HINT = "python scripts/fetch_model.py Qwen/Qwen2.5-VL-7B-Instruct (on a machine with internet; see README)"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the Qwen-VL generations that vlassist supports."""
+
+    model_type: str
+    factor: int  # pixels per visual token side: patch size × spatial merge
+    boxes: str  # "absolute" pixels on the model-input image, or "relative" 0–1000
+
+
+FAMILIES = {
+    "qwen2_vl": Family("qwen2_vl", 28, "relative"),
+    "qwen2_5_vl": Family("qwen2_5_vl", 28, "absolute"),
+    "qwen3_vl": Family("qwen3_vl", 32, "relative"),
+}
+
+
+def inspect_checkpoint(folder: Path) -> Family:
+    """Check that `folder` holds a complete, supported checkpoint and return its family."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"no model folder at {folder}. Get one with: {FETCH_HINT}")
+    missing = missing_files(folder)
+    if missing:
+        raise ModelNotFoundError(
+            f"the model folder {folder} is incomplete: missing {', '.join(missing)}. Get a model with: {FETCH_HINT}"
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"{folder / 'config.json'} cannot be read: {exc}") from None
+    model_type = config.get("model_type", "")
+    if model_type not in FAMILIES:
+        raise ModelNotFoundError(
+            f"{folder} holds a {model_type or 'unknown'!s} model; vlassist runs {', '.join(FAMILIES)} checkpoints"
+        )
+    return FAMILIES[model_type]
+
+
+def missing_files(folder: Path) -> list[str]:
+    """Files a checkpoint needs that `folder` lacks (weight shards listed by the index included)."""
+    missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError):
+            missing.append("a readable model.safetensors.index.json")
+            shards = []
+        missing += [shard for shard in shards if not (folder / shard).is_file()]
+    elif not (folder / "model.safetensors").is_file():
+        missing.append("model.safetensors (or model.safetensors.index.json with its shards)")
+    if not (folder / "tokenizer.json").is_file() and not (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    ):
+        missing.append("tokenizer.json")
+    if not _has_chat_template(folder):
+        missing.append("chat_template.jinja (or chat_template.json)")
+    return missing
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        return "chat_template" in json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,72 @@
+"""Settings read once from VLASSIST_* environment variables into one frozen dataclass."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cuda", "cpu")
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
+DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about vlassist, with its defaults."""
+
+    model_dir: Path = Path(DEFAULT_MODEL_DIR)
+    data_dir: Path = Path("data")
+    device: str = "auto"
+    attn: str = "auto"
+    max_image_tokens: int = 1280
+    gpu_memory_gb: float | None = None
+    cpu_threads: int | None = None
+    user_header: str | None = None
+    stream_timeout_s: float = 600.0
+
+    def with_(self, **changes) -> "Settings":
+        """Return a copy with some fields changed (e.g. a --model option)."""
+        return replace(self, **changes)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name}={env[name]!r} is not valid: use one of {', '.join(choices)}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default, low: float, high: float):
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} is out of range: use a value from {low:g} to {high:g}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read VLASSIST_* variables (from `env`, default os.environ) and validate them."""
+    env = os.environ if env is None else env
+    header = env.get("VLASSIST_USER_HEADER", "").strip() or None
+    if header is not None and not all(c.isalnum() or c in "-_" for c in header):
+        raise ConfigError(f"VLASSIST_USER_HEADER={header!r} is not a valid HTTP header name")
+    return Settings(
+        model_dir=Path(env.get("VLASSIST_MODEL_DIR", "").strip() or DEFAULT_MODEL_DIR).expanduser(),
+        data_dir=Path(env.get("VLASSIST_DATA_DIR", "").strip() or "data").expanduser(),
+        device=_choice(env, "VLASSIST_DEVICE", DEVICES, "auto"),
+        attn=_choice(env, "VLASSIST_ATTN", ATTENTION, "auto"),
+        max_image_tokens=_number(env, "VLASSIST_MAX_IMAGE_TOKENS", int, 1280, 4, 16384),
+        gpu_memory_gb=_number(env, "VLASSIST_GPU_MEMORY_GB", float, None, 1, 4096),
+        cpu_threads=_number(env, "VLASSIST_CPU_THREADS", int, None, 1, 1024),
+        user_header=header,
+        stream_timeout_s=_number(env, "VLASSIST_STREAM_TIMEOUT_S", float, 600.0, 1, 86400),
+    )

@@ -1,0 +1,94 @@
+"""The seam between front ends and the engine: turns in, text chunks and then stats out."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Literal
+
+from .images import LoadedImage, Sizing
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass
+class Turn:
+    """One message of a conversation: text and zero or more images (images only on user turns)."""
+
+    role: Role
+    text: str = ""
+    images: list[LoadedImage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to decode an answer and at which resolution to show the images to the model."""
+
+    max_new_tokens: int = 1024
+    precise: bool = True  # greedy decoding: what OCR and JSON extraction want
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.05
+    max_image_tokens: int = 1280
+    low_res: bool = False
+    min_new_tokens: int = 0  # benchmarks force answer length with this
+    seed: int | None = None
+    use_cache: bool = True  # reuse prefix KV caches across turns where the engine can
+
+    def sampling_kwargs(self) -> dict:
+        """Keyword arguments for transformers' generate() that select the decoding strategy."""
+        if self.precise:
+            return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                    "repetition_penalty": 1.0}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None,
+                "repetition_penalty": self.repetition_penalty}
+
+
+StopReason = Literal["eos", "length", "stopped", "error"]
+
+
+@dataclass
+class Stats:
+    """What one answer cost: tokens, timings and why it ended."""
+
+    prompt_tokens: int = 0
+    visual_tokens: int = 0
+    new_tokens: int = 0
+    reused_tokens: int = 0
+    queued_s: float = 0.0
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    tokens_per_s: float = 0.0
+    stop_reason: StopReason = "eos"
+    images: list[Sizing] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form for storage and `--json-stats`."""
+        return asdict(self)
+
+
+class Reply:
+    """An answer being generated: iterate for text chunks; `.text` and `.stats` are complete afterwards."""
+
+    def __init__(self, chunks: Iterator[str], stats: Stats, stop: threading.Event):
+        self._chunks = chunks
+        self.stats = stats
+        self.stop_event = stop
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self._chunks:
+            self.text += chunk
+            yield chunk
+
+    def stop(self) -> None:
+        """Ask the engine to end this answer early; the text so far is kept."""
+        self.stop_event.set()
+
+    def consume(self, on_chunk: Callable[[str], None] | None = None) -> str:
+        """Run to the end, passing each chunk to `on_chunk`, and return the whole text."""
+        for chunk in self:
+            if on_chunk:
+                on_chunk(chunk)
+        return self.text

@@ -1,0 +1,208 @@
+"""The engine: a loaded Qwen-VL model that streams answers about images, one caller at a time."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable, Iterator, Sequence
+
+from . import offline  # noqa: F401
+from .config import Settings
+from .conversation import GenerationOptions, Reply, Stats, Turn
+from .errors import VlassistError
+from .images import LoadedImage, Sizing, plan_size, resize_for_model
+from .loader import ModelInfo, load
+
+import torch  # noqa: E402
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer  # noqa: E402
+
+
+class GenerationError(VlassistError):
+    """Generation failed for a reason the user can act on (e.g. out of GPU memory)."""
+
+
+class _StopOnEvent(StoppingCriteria):
+    """Ends generation as soon as the caller sets a threading.Event."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _TimedStreamer(TextIteratorStreamer):
+    """A text streamer that also records when each generated token arrived."""
+
+    def __init__(self, tokenizer, timeout: float):
+        super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
+        self.token_times: list[float] = []
+
+    def put(self, value):
+        if not (self.skip_prompt and self.next_tokens_are_prompt):
+            now = time.perf_counter()
+            self.token_times.extend([now] * int(value.numel()))
+        super().put(value)
+
+
+class Engine:
+    """A loaded checkpoint. `stream()` is the one call front ends use; it is safe from many threads."""
+
+    def __init__(self, model, processor, info: ModelInfo, settings: Settings):
+        self.model = model
+        self.processor = processor
+        self.info = info
+        self.settings = settings
+        self._lock = threading.Lock()  # one generation on the device at a time
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids.add(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+
+    @property
+    def busy(self) -> bool:
+        """True while some caller is generating."""
+        return self._lock.locked()
+
+    def plan(self, image: LoadedImage | tuple[int, int], options: GenerationOptions = GenerationOptions()) -> Sizing:
+        """The model-input size and visual tokens this image will get under `options`."""
+        size = image.size if isinstance(image, LoadedImage) else image
+        return plan_size(size, self.info.factor, options.max_image_tokens, self.info.min_pixels, options.low_res)
+
+    def memory(self) -> dict:
+        """Device memory in use, in GiB."""
+        if self.info.device == "cuda":
+            free, total = torch.cuda.mem_get_info()
+            return {"allocated_gb": torch.cuda.memory_allocated() / 2**30,
+                    "reserved_gb": torch.cuda.memory_reserved() / 2**30,
+                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
+                    "device_used_gb": (total - free) / 2**30, "device_total_gb": total / 2**30}
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return {"weights_gb": weights / 2**30}
+
+    def encode(self, turns: Sequence[Turn], options: GenerationOptions):
+        """Render the chat template and run the processor: (model inputs, per-image sizings)."""
+        if not turns or turns[-1].role != "user":
+            raise VlassistError("a conversation must end with a user turn")
+        if not turns[-1].text.strip() and not turns[-1].images:
+            raise VlassistError("ask a question or attach an image")
+        messages, pixels, sizings = [], [], []
+        for turn in turns:
+            if turn.role == "assistant":
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.text}]})
+                continue
+            for image in turn.images:
+                sizing = self.plan(image, options)
+                sizings.append(sizing)
+                pixels.append(resize_for_model(image.image, sizing))
+            parts = [{"type": "image"} for _ in turn.images]
+            messages.append({"role": "user", "content": parts + [{"type": "text", "text": turn.text}]})
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        kwargs = {}
+        if pixels:
+            # Images arrive already at their planned size; this range makes the processor keep it exactly.
+            longest = max(w * h for w, h in (s.input_size for s in sizings))
+            kwargs = {"images": pixels, "size": {"shortest_edge": min(self.info.min_pixels, longest),
+                                                 "longest_edge": longest}}
+        inputs = self.processor(text=[text], return_tensors="pt", **kwargs)
+        return inputs.to(self.model.device), sizings
+
+    def stream(
+        self,
+        turns: Sequence[Turn],
+        options: GenerationOptions = GenerationOptions(),
+        stop: threading.Event | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ) -> Reply:
+        """Answer the last user turn: a Reply that yields text chunks, with stats filled in at the end."""
+        stop = stop or threading.Event()
+        stats = Stats()
+        return Reply(self._run(list(turns), options, stop, stats, on_queued), stats, stop)
+
+    def _run(self, turns, options, stop, stats: Stats, on_queued) -> Iterator[str]:
+        requested = time.perf_counter()
+        if not self._lock.acquire(blocking=False):
+            if on_queued:
+                on_queued()
+            while not self._lock.acquire(timeout=0.05):
+                if stop.is_set():
+                    stats.stop_reason = "stopped"
+                    return
+        try:
+            started = time.perf_counter()
+            stats.queued_s = started - requested
+            yield from self._generate(turns, options, stop, stats, started)
+        finally:
+            self._lock.release()
+
+    def _generate(self, turns, options, stop, stats: Stats, started: float) -> Iterator[str]:
+        inputs, sizings = self.encode(turns, options)
+        stats.images = sizings
+        stats.visual_tokens = sum(s.visual_tokens for s in sizings)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        stats.prompt_tokens = prompt_len
+        streamer = _TimedStreamer(self.processor.tokenizer, timeout=self.settings.stream_timeout_s)
+        result: dict = {}
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        gen_kwargs = dict(
+            **inputs, streamer=streamer, max_new_tokens=options.max_new_tokens,
+            min_new_tokens=options.min_new_tokens or None, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+            pad_token_id=self.processor.tokenizer.pad_token_id, **options.sampling_kwargs(),
+        )
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    result["ids"] = self.model.generate(**gen_kwargs)
+            except BaseException as exc:  # reported to the caller's thread below
+                result["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="vlassist-generate", daemon=True)
+        worker.start()
+        drained = False
+        try:
+            for chunk in streamer:
+                if chunk:
+                    yield chunk
+            drained = True
+        except queue.Empty:
+            stop.set()
+            raise GenerationError(f"the model produced nothing for {self.settings.stream_timeout_s:g} s") from None
+        finally:
+            # When the caller abandons the stream, stop the worker before the device lock is released.
+            if not drained:
+                stop.set()
+            worker.join()
+            self._finish_stats(stats, streamer, result, prompt_len, started, stop)
+        if "error" in result:
+            exc = result["error"]
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+                raise GenerationError("out of GPU memory: lower the resolution or the answer length") from exc
+            raise exc
+
+    def _finish_stats(self, stats: Stats, streamer: _TimedStreamer, result: dict, prompt_len: int, started, stop):
+        times = streamer.token_times
+        stats.total_s = time.perf_counter() - started
+        stats.new_tokens = len(times)
+        if times:
+            stats.ttft_s = times[0] - started
+            if len(times) > 1:
+                stats.tokens_per_s = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
+        if "error" in result:
+            stats.stop_reason, stats.error = "error", str(result["error"]).splitlines()[0][:300] if str(
+                result["error"]) else type(result["error"]).__name__
+        elif "ids" in result and result["ids"].shape[1] > prompt_len and int(result["ids"][0, -1]) in self.eos_ids:
+            stats.stop_reason = "eos"
+        elif stop.is_set():
+            stats.stop_reason = "stopped"
+        else:
+            stats.stop_reason = "length"
+
+
+def load_engine(settings: Settings) -> Engine:
+    """Load the checkpoint named by settings and return a ready engine."""
+    model, processor, _family, info = load(settings)
+    return Engine(model, processor, info, settings)

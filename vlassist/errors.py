@@ -1,0 +1,17 @@
+"""Expected, user-facing errors: each carries one clear message and never needs a traceback."""
+
+
+class VlassistError(Exception):
+    """Base class for errors whose message is meant for the user as is."""
+
+
+class ConfigError(VlassistError):
+    """An environment variable or option holds a value that cannot be used."""
+
+
+class ImageError(VlassistError):
+    """An uploaded file cannot be used as an image."""
+
+
+class ModelNotFoundError(VlassistError):
+    """The model folder is missing, incomplete or not a supported checkpoint."""

@@ -1,0 +1,137 @@
+"""Load a local checkpoint onto the chosen device with the best attention implementation available."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import offline  # noqa: F401  (sets the offline switches before transformers is imported)
+from .checkpoint import Family, inspect_checkpoint
+from .config import Settings
+from .errors import ConfigError
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # noqa: E402
+
+log = logging.getLogger(__name__)
+transformers.utils.logging.disable_progress_bar()  # a CLI answer should be the only thing on the terminal
+
+
+@dataclass
+class ModelInfo:
+    """What was loaded, where, and why this attention implementation."""
+
+    model_dir: str
+    family: str
+    device: str
+    dtype: str
+    attn: str
+    attn_reason: str
+    factor: int
+    min_pixels: int
+    load_s: float = 0.0
+    parameters: int = 0
+    versions: dict = field(default_factory=dict)
+
+
+def pick_device(requested: str) -> str:
+    """Resolve auto|cuda|cpu to the device we will really use."""
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise ConfigError("VLASSIST_DEVICE=cuda but no CUDA GPU is visible to PyTorch")
+    return "cpu"
+
+
+def attention_candidates(requested: str, device: str) -> list[tuple[str, str]]:
+    """Implementations to try in order, each with the reason it was chosen."""
+    if requested in ("sdpa", "eager"):
+        return [(requested, f"set by VLASSIST_ATTN={requested}")]
+    if device != "cuda":
+        why = "flash_attention_2 needs a CUDA GPU" if requested == "flash_attention_2" else "CPU"
+        return [("sdpa", f"{why}; using PyTorch SDPA")]
+    if importlib.util.find_spec("flash_attn") is None:
+        return [("sdpa", "flash_attn is not installed; using PyTorch SDPA")]
+    return [("flash_attention_2", "flash_attn is installed and loaded"), ("sdpa", "")]
+
+
+def _image_only_processor(model_type: str, image_processor, tokenizer, chat_template: str | None):
+    # The stock processors insist on a video processor, which needs torchvision; vlassist takes images only.
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
+
+    base = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[model_type]
+    cls = type(base.__name__ + "ImagesOnly", (base,),
+               {"get_attributes": classmethod(lambda c: ["image_processor", "tokenizer"])})
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def _chat_template(folder: Path, tokenizer) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    legacy = folder / "chat_template.json"
+    if legacy.is_file():
+        import json
+
+        return json.loads(legacy.read_text(encoding="utf-8"))["chat_template"]
+    return getattr(tokenizer, "chat_template", None)
+
+
+def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str]]):
+    """Load the weights with the first attention implementation that works: (model, attn, reason).
+
+    transformers does not fall back from flash_attention_2 by itself, so a failure there is caught here
+    and the next candidate (SDPA) is used, with the failure given as the reason.
+    """
+    failure = ""
+    for attn, reason in candidates:
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(
+                folder, dtype=dtype, attn_implementation=attn, local_files_only=True, trust_remote_code=False,
+                use_safetensors=True, device_map=device if device == "cuda" else None,
+            )
+        except (ImportError, ValueError, RuntimeError, OSError) as exc:
+            if attn != "flash_attention_2":
+                raise
+            failure = f"flash_attention_2 failed to load ({str(exc).strip().splitlines()[0][:160]})"
+            log.warning("falling back: %s", failure)
+            continue
+        return model, attn, (f"{failure}; using PyTorch SDPA" if failure else reason)
+    raise RuntimeError("no attention implementation could be loaded")
+
+
+def load(settings: Settings):
+    """Load model + processor from settings.model_dir; return (model, processor, family, ModelInfo)."""
+    started = time.perf_counter()
+    folder = Path(settings.model_dir)
+    family: Family = inspect_checkpoint(folder)
+    device = pick_device(settings.device)
+    if device == "cpu":
+        torch.set_num_threads(settings.cpu_threads or max(1, os.cpu_count() or 1))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if device == "cuda" and settings.gpu_memory_gb:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, settings.gpu_memory_gb * 2**30 / total))
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+    processor = _image_only_processor(family.model_type, image_processor, tokenizer, _chat_template(folder, tokenizer))
+
+    model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device))
+    model.eval()
+    size = getattr(image_processor, "size", None) or {}
+    min_pixels = int(size.get("shortest_edge") or size.get("min_pixels") or 4 * family.factor**2)
+    info = ModelInfo(
+        model_dir=str(folder), family=family.model_type, device=device, dtype=str(dtype).replace("torch.", ""),
+        attn=attn, attn_reason=reason, factor=family.factor, min_pixels=min_pixels,
+        load_s=time.perf_counter() - started, parameters=sum(p.numel() for p in model.parameters()),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+    )
+    return model, processor, family, info

@@ -1,0 +1,51 @@
+"""Task presets: a well-written starting prompt for each kind of visual question."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A one-click task: its label, the prompt it fills in, and whether it wants greedy decoding."""
+
+    key: str
+    label: str
+    prompt: str
+    precise: bool = True
+
+
+PRESETS: dict[str, Preset] = {
+    p.key: p
+    for p in (
+        Preset("describe", "Describe",
+               "Describe this image in detail: what it shows, the important elements and any visible text.",
+               precise=False),
+        Preset("ocr", "Read all text (OCR)",
+               "Read all the text in this image exactly as written, top to bottom and left to right. Keep line "
+               "breaks, keep numbers and units exactly, and do not translate or summarise. Output only the text."),
+        Preset("json", "Extract fields as JSON",
+               "Extract the key fields from this image as one JSON object. Use the labels shown in the image as "
+               "keys, keep values exactly as written (numbers as numbers), and use null for anything missing. "
+               "Output only the JSON."),
+        Preset("table", "Table → Markdown",
+               "Convert the table in this image to a Markdown table. Keep every row and column in order, copy "
+               "cell values exactly, and leave empty cells empty. Output only the table."),
+        Preset("chart", "Chart → data",
+               "Read the data behind this chart as a Markdown table: one row per data point, one column per "
+               "series, with the axis labels and units as column headers. Output only the table."),
+        Preset("html", "UI screenshot → HTML",
+               "Write one self-contained HTML page (inline CSS, no scripts, no external resources) that "
+               "reproduces this user interface screenshot as closely as possible: layout, text, colours. Output "
+               "only the HTML in a ```html code block."),
+        Preset("grounding", "Find objects (boxes)",
+               "Locate every {target} in this image. Output a JSON list where each item has \"bbox_2d\": "
+               "[x1, y1, x2, y2] and \"label\"."),
+    )
+}
+
+
+def preset_prompt(key: str, target: str = "object") -> str:
+    """The prompt text for preset `key`; grounding asks for `target`."""
+    preset = PRESETS[key]
+    return preset.prompt.format(target=target) if "{target}" in preset.prompt else preset.prompt
