@@ -34,6 +34,7 @@ class GenerationOptions:
     min_new_tokens: int = 0  # benchmarks force answer length with this
     seed: int | None = None
     use_cache: bool = True  # reuse prefix KV caches across turns where the engine can
+    json_schema: str | None = None  # constrain the answer to JSON valid against this JSON Schema (text)
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for transformers' generate() that select the decoding strategy."""

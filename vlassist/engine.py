@@ -151,6 +151,15 @@ class Engine:
             pad_token_id=self.processor.tokenizer.pad_token_id, **options.sampling_kwargs(),
         )
 
+        if options.json_schema:
+            # Engine-side only: the grammar library works on token ids and logits.
+            from transformers import LogitsProcessorList
+
+            from .constrained import schema_logits_processor
+
+            gen_kwargs["logits_processor"] = LogitsProcessorList(
+                [schema_logits_processor(self.processor.tokenizer, options.json_schema, self.model.config)])
+
         def work():
             try:
                 with torch.inference_mode():
