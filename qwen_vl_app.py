@@ -1,0 +1,35 @@
+"""vlassist: ask a local Qwen-VL model about screenshots and photos. Run with `streamlit run qwen_vl_app.py`."""
+
+import streamlit as st
+
+from vlassist.ui import chat, resources, settings_panel, sidebar
+
+st.set_page_config(page_title="vlassist", page_icon="🖼️", layout="wide")
+
+settings = resources.settings_or_stop()
+owner = resources.owner_or_stop(settings)
+store = resources.history(settings).for_owner(owner)
+engine = resources.engine_or_stop(settings)
+
+conversation_id = st.session_state.get(chat.CONVERSATION_KEY)
+conversation = store.get_conversation(conversation_id) if conversation_id is not None else None
+if conversation is None:
+    st.session_state[chat.CONVERSATION_KEY] = None  # deleted elsewhere, or never started
+
+with st.sidebar:
+    st.title("vlassist")
+    sidebar.render_conversation_list(store)
+    sidebar.render_conversation_actions(store, conversation)
+    options = settings_panel.render_settings(settings)
+    settings_panel.render_model_status(engine)
+
+st.subheader(conversation.title if conversation else "New conversation")
+chat.show_flash()
+messages = st.container()
+with messages:
+    chat.render_conversation(conversation, store, engine, options)
+chat.render_presets()
+chat.restore_pending_text()
+submission = chat.chat_input()
+if submission:
+    chat.ask(submission, engine, store, options, messages)

@@ -1,0 +1,95 @@
+"""Export a stored conversation as Markdown, JSON, or a zip of both with the original images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import zipfile
+from datetime import datetime, timezone
+from typing import Callable
+
+from .history import ImageRef, StoredConversation
+
+FetchImage = Callable[[str], "bytes | None"]
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
+FORMAT_VERSION = 1
+
+
+def image_filename(ref: ImageRef) -> str:
+    """The name an image gets inside an export: its hash, so the same image is written once."""
+    return f"{ref.sha256[:16]}.{EXTENSIONS.get(ref.format, 'bin')}"
+
+
+def slug(title: str) -> str:
+    """A file-name-safe version of a conversation title."""
+    cleaned = re.sub(r"[^A-Za-z0-9]+", "-", title).strip("-").lower()
+    return cleaned[:60] or "conversation"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def to_markdown(conversation: StoredConversation, image_link: Callable[[ImageRef], str] | None = None) -> str:
+    """The conversation as Markdown; each image is linked through `image_link` (default: images/<file>)."""
+    link = image_link or (lambda ref: f"images/{image_filename(ref)}")
+    lines = [f"# {conversation.title}", "", f"*Started {_when(conversation.created_at)}*", ""]
+    for message in conversation.messages:
+        heading = "You" if message.role == "user" else "Assistant"
+        if message.role == "assistant" and message.status != "complete":
+            heading += f" ({message.status})"
+        lines += [f"## {heading}", ""]
+        for ref in message.images:
+            lines.append(f"![{ref.name}]({link(ref)})  ")
+            lines.append(f"*{ref.name}: {ref.width}×{ref.height} {ref.format}*")
+            lines.append("")
+        if message.text:
+            lines += [message.text, ""]
+        if message.status == "error" and message.stats and message.stats.get("error"):
+            lines += [f"> Error: {message.stats['error']}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_dict(conversation: StoredConversation, fetch: FetchImage | None = None) -> dict:
+    """A JSON-ready dict of the conversation; with `fetch`, each image's bytes are embedded as base64."""
+    messages = []
+    for message in conversation.messages:
+        images = []
+        for ref in message.images:
+            item = {"sha256": ref.sha256, "name": ref.name, "format": ref.format, "width": ref.width,
+                    "height": ref.height, "bytes": ref.nbytes, "file": f"images/{image_filename(ref)}"}
+            if fetch is not None:
+                data = fetch(ref.sha256)
+                item["data_base64"] = base64.b64encode(data).decode("ascii") if data is not None else None
+            images.append(item)
+        messages.append({"role": message.role, "text": message.text, "status": message.status,
+                         "created_at": message.created_at, "preset": message.preset, "options": message.options,
+                         "stats": message.stats, "images": images})
+    return {"format": "vlassist-conversation", "version": FORMAT_VERSION, "id": conversation.id,
+            "title": conversation.title, "created_at": conversation.created_at,
+            "updated_at": conversation.updated_at, "messages": messages}
+
+
+def to_json(conversation: StoredConversation, fetch: FetchImage | None = None) -> str:
+    """The conversation as indented JSON; with `fetch`, images embedded as base64."""
+    return json.dumps(to_dict(conversation, fetch), indent=2, ensure_ascii=False)
+
+
+def to_zip(conversation: StoredConversation, fetch: FetchImage) -> bytes:
+    """A zip with conversation.md, conversation.json and each original image once under images/."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("conversation.md", to_markdown(conversation))
+        archive.writestr("conversation.json", to_json(conversation))
+        written: set[str] = set()
+        for message in conversation.messages:
+            for ref in message.images:
+                name = image_filename(ref)
+                data = fetch(ref.sha256) if name not in written else None
+                if data is not None:
+                    # Images are already compressed; storing them avoids wasted CPU.
+                    archive.writestr(f"images/{name}", data, compress_type=zipfile.ZIP_STORED)
+                    written.add(name)
+    return buf.getvalue()

@@ -1,0 +1,76 @@
+"""Per-process resources (model, history database) and the checks a page makes before it draws."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ..config import Settings, load_settings
+from ..errors import ConfigError, ModelNotFoundError
+from ..history import LOCAL_OWNER, History
+
+MAX_OWNER_LENGTH = 200
+
+
+def settings_or_stop() -> Settings:
+    """Settings from the environment, or an error page naming the bad variable."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        st.error(f"vlassist cannot start: {exc}")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _history(data_dir: str) -> History:
+    return History.open(data_dir)
+
+
+def history(settings: Settings) -> History:
+    """The history database under VLASSIST_DATA_DIR, opened once per process and shared by every session."""
+    return _history(str(settings.data_dir.resolve()))
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(key: str, _settings: Settings):
+    from ..engine import load_engine  # the UI reaches torch only through the engine module
+
+    return load_engine(_settings)
+
+
+def engine_or_stop(settings: Settings):
+    """The model, loaded once per process (shared by every session), or a page explaining how to get one."""
+    try:
+        with st.spinner(f"Loading the model from {settings.model_dir} … (once per server start)"):
+            return _engine(repr(settings.with_(user_header=None, data_dir=settings.data_dir.resolve())), settings)
+    except ModelNotFoundError as exc:
+        st.title("vlassist")
+        st.info(
+            f"**No model found.** {exc}\n\n"
+            "To get one, on a machine with internet run:\n\n"
+            "```bash\n./scripts/setup.sh\n.venv/bin/python scripts/fetch_model.py\n```\n\n"
+            f"then copy the downloaded folder to `{settings.model_dir}` on this machine (or point "
+            "`VLASSIST_MODEL_DIR` at it) and reload this page. See the README, *Putting a model on an offline "
+            "machine*.",
+            icon="📦",
+        )
+        st.stop()
+    except ConfigError as exc:
+        st.error(f"The model cannot be loaded: {exc}")
+        st.stop()
+
+
+def owner_or_stop(settings: Settings) -> str:
+    """Who is asking: the user header's value in header mode (refusing without it), else the local owner."""
+    if not settings.user_header:
+        return LOCAL_OWNER
+    value = (st.context.headers.get(settings.user_header) or "").strip()
+    if not value or len(value) > MAX_OWNER_LENGTH:
+        st.title("vlassist")
+        st.error(
+            f"**Not signed in.** This server identifies users by the `{settings.user_header}` header, which "
+            "this request did not carry. Open vlassist through the intranet address (the proxy that signs you "
+            "in), not the server's own port.",
+            icon="🔒",
+        )
+        st.stop()
+    return value

@@ -1,0 +1,62 @@
+"""The settings panel (resolution, answer length, decoding) and the model status panel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from ..config import Settings
+from ..conversation import GenerationOptions
+
+TOKEN_BUDGETS = [256, 512, 768, 1024, 1280, 1600, 2048, 3072, 4096, 8192, 16384]
+ANSWER_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192]
+PRECISE, CREATIVE = "Precise", "Creative"
+
+
+def _nearest(choices: list[int], value: int) -> int:
+    return min(choices, key=lambda c: abs(c - value))
+
+
+def render_settings(settings: Settings) -> GenerationOptions:
+    """Draw the answer settings and return the GenerationOptions they describe."""
+    budgets = sorted(set(TOKEN_BUDGETS) | {settings.max_image_tokens})
+    with st.expander("Settings", expanded=False):
+        tokens = st.select_slider(
+            "Image detail (visual tokens per image)", options=budgets, value=settings.max_image_tokens,
+            key="opt_max_image_tokens",
+            help="More tokens read small text better but take longer and use more GPU memory.")
+        low_res = st.toggle("Low resolution (faster, long side about 768 px)", key="opt_low_res", value=False)
+        length = st.select_slider("Answer length (max tokens)", options=ANSWER_LENGTHS,
+                                  value=_nearest(ANSWER_LENGTHS, 1024), key="opt_max_new_tokens")
+        mode = st.radio("Decoding", [PRECISE, CREATIVE], key="opt_decoding", horizontal=True,
+                        help="Precise is deterministic (best for OCR, JSON, tables); creative samples.")
+    return GenerationOptions(max_new_tokens=int(length), precise=mode == PRECISE, max_image_tokens=int(tokens),
+                             low_res=bool(low_res))
+
+
+def set_decoding(precise: bool) -> None:
+    """Switch the decoding control (used by presets that want one or the other)."""
+    st.session_state["opt_decoding"] = PRECISE if precise else CREATIVE
+
+
+def _gb(value: float) -> str:
+    return f"{value:.1f} GiB"
+
+
+def render_model_status(engine) -> None:
+    """Which model is loaded, on what, with which attention and why, and the memory in use."""
+    info = engine.info
+    with st.expander("Model status", expanded=False):
+        st.markdown(
+            f"**Model** `{Path(info.model_dir).name}`  \n"
+            f"**Family** {info.family}  \n"
+            f"**Device** {info.device} · {info.dtype}  \n"
+            f"**Attention** {info.attn} — {info.attn_reason}")
+        memory = engine.memory()
+        if "device_used_gb" in memory:
+            st.markdown(f"**VRAM** {_gb(memory['device_used_gb'])} of {_gb(memory['device_total_gb'])} in use "
+                        f"(model {_gb(memory['allocated_gb'])}, peak {_gb(memory['peak_gb'])})")
+        elif "weights_gb" in memory:
+            st.markdown(f"**Memory** weights {_gb(memory['weights_gb'])} (CPU, no VRAM)")
+        st.caption("Generating an answer now" if engine.busy else "Idle")

@@ -1,0 +1,68 @@
+"""The sidebar: new conversation, search, the conversation list, and rename/delete/export of the open one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import streamlit as st
+
+from .. import export
+from ..history import OwnerStore, StoredConversation
+from .chat import CONVERSATION_KEY
+
+
+def _open(conversation_id: int | None) -> None:
+    st.session_state[CONVERSATION_KEY] = conversation_id
+    st.session_state.pop("active_preset", None)
+
+
+def _when(ts: float) -> str:
+    moment = datetime.fromtimestamp(ts)
+    return moment.strftime("%H:%M") if moment.date() == datetime.now().date() else moment.strftime("%d %b %Y")
+
+
+def render_conversation_list(store: OwnerStore) -> None:
+    """New conversation, search box and the owner's conversations, newest first."""
+    st.button("➕ New conversation", key="new_conversation", on_click=_open, args=(None,),
+              width="stretch")
+    search = st.text_input("Search conversations", key="history_search", placeholder="Search text…")
+    conversations = store.list_conversations(search)
+    current = st.session_state.get(CONVERSATION_KEY)
+    if not conversations:
+        st.caption("No matches." if search.strip() else "No conversations yet.")
+    for item in conversations:
+        st.button(f"{item.title}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
+                  args=(item.id,), type="primary" if item.id == current else "secondary",
+                  width="stretch")
+
+
+def _rename(store: OwnerStore, conversation_id: int) -> None:
+    title = st.session_state.get(f"rename_{conversation_id}", "")
+    if title.strip():
+        store.rename(conversation_id, title)
+
+
+def _delete(store: OwnerStore, conversation_id: int) -> None:
+    store.delete(conversation_id)
+    _open(None)
+
+
+def render_conversation_actions(store: OwnerStore, conversation: StoredConversation | None) -> None:
+    """Rename, export (Markdown + images zip, JSON with embedded images) and delete the open conversation."""
+    if conversation is None:
+        return
+    with st.expander("This conversation", expanded=False):
+        st.text_input("Title", value=conversation.title, key=f"rename_{conversation.id}",
+                      on_change=_rename, args=(store, conversation.id))
+        name = export.slug(conversation.title)
+        st.download_button("Export Markdown + images (.zip)",
+                           data=lambda: export.to_zip(conversation, store.image_data),
+                           file_name=f"{name}.zip", mime="application/zip", key=f"export_zip_{conversation.id}",
+                           on_click="ignore", width="stretch")
+        st.download_button("Export JSON (images embedded)",
+                           data=lambda: export.to_json(conversation, store.image_data),
+                           file_name=f"{name}.json", mime="application/json",
+                           key=f"export_json_{conversation.id}", on_click="ignore", width="stretch")
+        confirm = st.checkbox("Yes, delete this conversation", key=f"confirm_delete_{conversation.id}")
+        st.button("🗑 Delete", key=f"delete_{conversation.id}", disabled=not confirm, on_click=_delete,
+                  args=(store, conversation.id), width="stretch")
