@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from ..config import Settings, load_settings
@@ -41,7 +43,8 @@ def engine_or_stop(settings: Settings):
     """The model, loaded once per process (shared by every session), or a page explaining how to get one."""
     try:
         with st.spinner(f"Loading the model from {settings.model_dir} … (once per server start)"):
-            return _engine(repr(settings.with_(user_header=None, data_dir=settings.data_dir.resolve())), settings)
+            # Only what changes the loaded model is in the key: every data folder and user shares one model.
+            return _engine(repr(settings.with_(user_header=None, data_dir=Path())), settings)
     except ModelNotFoundError as exc:
         st.title("vlassist")
         st.info(

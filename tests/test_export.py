@@ -1,0 +1,73 @@
+"""Conversation export: Markdown, JSON with embedded images, and a zip with the original images."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zipfile
+import io
+
+import pytest
+
+from conftest import image_bytes
+from vlassist import export
+from vlassist.history import History, NewImage
+from vlassist.images import load_image
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A store holding one conversation with two images (one attached twice) and two answers."""
+    history = History.open(tmp_path)
+    store = history.for_owner("ann")
+    conversation = store.create_conversation("Receipt check")
+    a, b = image_bytes((40, 30)), image_bytes((30, 40), (0, 90, 0), fmt="JPEG")
+    store.add_user_message(conversation, "Read it", [NewImage(a, load_image(a), "a.png")])
+    store.add_assistant_message(conversation, "TOTAL 12", "complete", preset="ocr", stats={"new_tokens": 3})
+    store.add_user_message(conversation, "And these?", [NewImage(a, load_image(a), "a.png"),
+                                                        NewImage(b, load_image(b), "b.jpg")])
+    store.add_assistant_message(conversation, "half", "interrupted")
+    yield store, store.get_conversation(conversation), {load_image(a).sha256: a, load_image(b).sha256: b}
+    history.close()
+
+
+def test_markdown_has_every_message_and_links_each_image(stored):
+    """The Markdown export lists each turn in order, marks a stopped answer, and links images by file."""
+    _, conversation, _ = stored
+    md = export.to_markdown(conversation)
+    assert md.startswith("# Receipt check")
+    assert md.index("Read it") < md.index("TOTAL 12") < md.index("And these?") < md.index("half")
+    assert "## Assistant (interrupted)" in md
+    for message in conversation.messages:
+        for ref in message.images:
+            assert f"(images/{export.image_filename(ref)})" in md
+
+
+def test_json_embeds_original_image_bytes(stored):
+    """The JSON export carries each image's original bytes as base64, plus the answer details."""
+    store, conversation, originals = stored
+    data = json.loads(export.to_json(conversation, store.image_data))
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert data["messages"][1]["preset"] == "ocr" and data["messages"][1]["stats"] == {"new_tokens": 3}
+    for message in data["messages"]:
+        for image in message["images"]:
+            assert base64.b64decode(image["data_base64"]) == originals[image["sha256"]]
+
+
+def test_zip_holds_markdown_json_and_each_image_once(stored):
+    """The zip has conversation.md, conversation.json and every distinct image exactly once."""
+    store, conversation, originals = stored
+    archive = zipfile.ZipFile(io.BytesIO(export.to_zip(conversation, store.image_data)))
+    names = archive.namelist()
+    images = [n for n in names if n.startswith("images/")]
+    assert {"conversation.md", "conversation.json"} <= set(names)
+    assert len(images) == len(set(images)) == len(originals)
+    assert sorted(archive.read(n) for n in images) == sorted(originals.values())
+    markdown = archive.read("conversation.md").decode()
+    assert all(f"({name})" in markdown for name in images)
+
+
+def test_slug_is_safe_for_file_names():
+    """Titles become lower-case dash-separated file names, never empty."""
+    assert export.slug("Invoice: March/April 2025!") == "invoice-march-april-2025"
+    assert export.slug("???") == "conversation"
