@@ -1,0 +1,248 @@
+"""Streamlit app flows (AppTest) on the tiny checkpoint, and how answers are recorded."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, image_bytes
+from vlassist.conversation import GenerationOptions, Turn
+from vlassist.errors import VlassistError
+from vlassist.history import History, NewImage
+from vlassist.images import load_image
+from vlassist.prompts import preset_prompt
+from vlassist.ui.recording import AnswerRecorder
+
+APP = str(ROOT / "qwen_vl_app.py")
+SHORT = 48  # answer length for tests: enough to stream several chunks, quick on a CPU
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path, tiny_qwen25):
+    """Environment for the app: the tiny checkpoint on CPU and a fresh data folder."""
+    monkeypatch.setenv("VLASSIST_MODEL_DIR", str(tiny_qwen25))
+    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
+    monkeypatch.setenv("VLASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VLASSIST_STREAM_TIMEOUT_S", "60")
+    monkeypatch.delenv("VLASSIST_USER_HEADER", raising=False)
+    return tmp_path / "data"
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def ask(at: AppTest, question: str, *files: tuple[str, bytes, str]) -> AppTest:
+    at.select_slider(key="opt_max_new_tokens").set_value(128)
+    box = at.chat_input(key="chat_input").set_value(question)
+    for name, data, mime in files:
+        box.upload(name, data, mime)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def stored(data_dir, owner="local"):
+    history = History.open(data_dir)
+    store = history.for_owner(owner)
+    conversations = [store.get_conversation(c.id) for c in store.list_conversations()]
+    history.close()
+    return conversations
+
+
+def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):
+    """An image plus a question gives a streamed answer; both turns, the image and the stats are stored."""
+    at = ask(start(), "What is shown?", ("shot.png", image_bytes((120, 80)), "image/png"))
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]
+    [conversation] = stored(app_env)
+    user, answer = conversation.messages
+    assert (user.role, user.text, [i.name for i in user.images]) == ("user", "What is shown?", ["shot.png"])
+    assert answer.role == "assistant" and answer.status == "complete" and answer.text
+    assert answer.stats["model_family"] == "qwen2_5_vl" and answer.stats["new_tokens"] > 0
+    assert answer.stats["images"][0]["original_size"] == [120, 80]
+    assert answer.options["max_new_tokens"] == 128
+    assert any("tokens/s" in c.value for c in at.caption)
+
+
+def test_conversation_reopens_in_a_fresh_app_run(app_env):
+    """After a fresh app start, the sidebar lists the conversation and opening it shows its messages."""
+    ask(start(), "Remember me", ("a.png", image_bytes(), "image/png"))
+    at = start()
+    [conversation] = stored(app_env)
+    assert at.session_state["conversation_id"] is None
+    at.button(key=f"open_{conversation.id}").click().run()
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]
+    assert at.chat_message[0].markdown[0].value == "Remember me"
+    assert len(at.chat_message[0].image) == 1
+
+
+def test_follow_up_continues_the_same_conversation_with_its_images(app_env):
+    """A second question goes to the same conversation and the model sees the first turn's image again."""
+    at = ask(start(), "First", ("a.png", image_bytes((64, 64)), "image/png"))
+    ask(at, "And now?")
+    [conversation] = stored(app_env)
+    assert [m.role for m in conversation.messages] == ["user", "assistant", "user", "assistant"]
+    follow_up = conversation.messages[-1].stats
+    assert len(follow_up["images"]) == 1 and follow_up["visual_tokens"] > 0
+
+
+def test_text_only_question_is_answered(app_env):
+    """A question without images is answered and stored."""
+    ask(start(), "Just text")
+    [conversation] = stored(app_env)
+    assert conversation.messages[-1].role == "assistant" and conversation.messages[-1].stats["visual_tokens"] == 0
+
+
+def test_bad_file_is_refused_with_a_message_and_nothing_stored(app_env):
+    """A file that is not an image is named in an error, nothing is stored, and the question is put back."""
+    at = ask(start(), "Keep my words", ("notes.png", b"not an image", "image/png"))
+    assert any("notes.png" in e.value for e in at.error)
+    assert stored(app_env) == []
+    assert at.chat_input(key="chat_input").value == "Keep my words"
+
+
+def test_preset_fills_the_chat_box_and_is_stored_with_the_answer(app_env):
+    """Clicking a preset puts its prompt in the chat box; the answer records which preset was used."""
+    at = start()
+    at.button(key="preset_ocr").click().run()
+    assert at.chat_input(key="chat_input").value == preset_prompt("ocr")
+    ask(at, preset_prompt("ocr"), ("a.png", image_bytes(), "image/png"))
+    assert stored(app_env)[0].messages[-1].preset == "ocr"
+
+
+def test_delete_from_sidebar_removes_rows_and_orphan_images(app_env):
+    """Deleting the open conversation removes its messages and its images from the database."""
+    at = ask(start(), "Delete me", ("a.png", image_bytes(), "image/png"))
+    [conversation] = stored(app_env)
+    at.checkbox(key=f"confirm_delete_{conversation.id}").check().run()
+    at.button(key=f"delete_{conversation.id}").click().run()
+    assert stored(app_env) == []
+    history = History.open(app_env)
+    with history.engine.connect() as conn:
+        assert [conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                for t in ("messages", "images", "message_images")] == [0, 0, 0]
+    history.close()
+    assert at.session_state["conversation_id"] is None
+
+
+def test_rename_from_sidebar(app_env):
+    """Editing the title in the sidebar renames the conversation."""
+    at = ask(start(), "Old title")
+    [conversation] = stored(app_env)
+    at.text_input(key=f"rename_{conversation.id}").input("Better title").run()
+    assert stored(app_env)[0].title == "Better title"
+
+
+def test_sidebar_shows_only_this_owners_conversations(app_env):
+    """Conversations of another owner in the same database never appear."""
+    history = History.open(app_env)
+    other = history.for_owner("someone-else").create_conversation("not yours")
+    mine = history.for_owner("local").create_conversation("yours")
+    history.close()
+    at = start()
+    keys = {b.key for b in at.sidebar.button}
+    assert f"open_{mine}" in keys and f"open_{other}" not in keys
+
+
+def test_header_mode_without_header_is_refused(app_env, monkeypatch):
+    """With VLASSIST_USER_HEADER set and no such header, the page refuses and shows no history."""
+    history = History.open(app_env)
+    history.for_owner("local").create_conversation("local history")
+    history.close()
+    monkeypatch.setenv("VLASSIST_USER_HEADER", "X-Remote-User")
+    at = start()
+    assert any("X-Remote-User" in e.value for e in at.error)
+    assert len(at.chat_input) == 0 and len(at.sidebar.button) == 0
+
+
+def test_missing_model_shows_how_to_get_one(app_env, monkeypatch, tmp_path):
+    """Without a model the page explains how to fetch one instead of crashing."""
+    monkeypatch.setenv("VLASSIST_MODEL_DIR", str(tmp_path / "no-model-here"))
+    at = start()
+    assert any("fetch_model.py" in i.value for i in at.info)
+    assert len(at.chat_input) == 0
+
+
+# ---- recording an answer however it ends (no Streamlit needed) ----
+
+@pytest.fixture
+def store(tmp_path):
+    """One owner's store with a conversation holding a question about an image."""
+    history = History.open(tmp_path)
+    owner = history.for_owner("local")
+    conversation = owner.create_conversation("t")
+    data = image_bytes()
+    owner.add_user_message(conversation, "Describe", [NewImage(data, load_image(data), "a.png")])
+    yield owner, conversation, load_image(data)
+    history.close()
+
+
+def test_abandoned_stream_is_stored_as_interrupted_with_partial_text(engine25, store):
+    """When the page stops reading mid-answer, the partial text is stored as interrupted and the GPU freed."""
+    owner, conversation, image = store
+    options = GenerationOptions(max_new_tokens=400, min_new_tokens=400)
+    reply = engine25.stream([Turn("user", "Describe", [image])], options)
+    recorder = AnswerRecorder(reply, owner, conversation, options=options, model={"model_family": "qwen2_5_vl"})
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            for i, _ in enumerate(recorder.chunks()):
+                if i == 3:
+                    raise KeyboardInterrupt  # what a Stop or a rerun does to the page's script
+        finally:
+            recorder.finish()
+    answer = owner.get_conversation(conversation).messages[-1]
+    assert answer.status == "interrupted" and answer.text
+    assert 0 < answer.stats["new_tokens"] < 400 and answer.stats["stop_reason"] == "stopped"
+    assert answer.stats["model_family"] == "qwen2_5_vl"
+    assert not engine25.busy
+
+
+def test_engine_error_is_stored_with_status_error(engine25, store):
+    """An answer that fails is stored with status error and the reason."""
+    owner, conversation, _ = store
+    reply = engine25.stream([Turn("user", "")], GenerationOptions(max_new_tokens=8))
+    recorder = AnswerRecorder(reply, owner, conversation, options=GenerationOptions(max_new_tokens=8))
+    with pytest.raises(VlassistError):
+        try:
+            list(recorder.chunks())
+        finally:
+            recorder.finish()
+    answer = owner.get_conversation(conversation).messages[-1]
+    assert answer.status == "error" and answer.stats["error"]
+
+
+def test_answer_is_stored_once(engine25, store):
+    """Calling finish again does not store a second copy of the answer."""
+    owner, conversation, image = store
+    options = GenerationOptions(max_new_tokens=8)
+    recorder = AnswerRecorder(engine25.stream([Turn("user", "Hi", [image])], options), owner, conversation,
+                              options=options)
+    list(recorder.chunks())
+    first = recorder.finish()
+    assert recorder.finish() == first
+    assert [m.role for m in owner.get_conversation(conversation).messages] == ["user", "assistant"]
+    assert owner.get_conversation(conversation).messages[-1].status == "complete"
+
+
+def test_queued_caller_is_told_and_answered_after(engine25, store):
+    """A second caller while the engine is busy gets the queued callback, then its own complete answer."""
+    owner, conversation, image = store
+    long = GenerationOptions(max_new_tokens=200, min_new_tokens=200)
+    first = engine25.stream([Turn("user", "One", [image])], long)
+    chunks = iter(first)
+    next(chunks)  # the first caller now holds the engine
+    queued = threading.Event()
+    second = engine25.stream([Turn("user", "Two")], GenerationOptions(max_new_tokens=8), on_queued=queued.set)
+    recorder = AnswerRecorder(second, owner, conversation, options=GenerationOptions(max_new_tokens=8))
+    worker = threading.Thread(target=lambda: (list(recorder.chunks()), recorder.finish()))
+    worker.start()
+    assert queued.wait(30)
+    list(chunks)
+    worker.join(60)
+    assert owner.get_conversation(conversation).messages[-1].status == "complete"
+    assert first.stats.stop_reason == "length" and second.stats.queued_s > 0
