@@ -1,0 +1,230 @@
+"""Schema-constrained decoding: a transformers logits processor that only lets JSON valid against a schema out.
+
+xgrammar compiles the JSON Schema into a token mask for the model's vocabulary. On top of the mask, the
+processor keeps a token budget: once the answer nears `max_new_tokens` it prefers tokens that close the open
+strings, arrays and objects, so a rambling model still ends with a complete document instead of being cut.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import torch
+import xgrammar as xgr
+from transformers import LogitsProcessor
+
+from .errors import VlassistError
+
+DEFAULT_MAX_NEW_TOKENS = 1024  # GenerationOptions' default, for callers that do not pass theirs
+CLOSING_MARGIN = 16  # extra tokens kept for closing brackets beyond a minimal document
+
+_compilers: dict[tuple[int, int], xgr.GrammarCompiler] = {}
+_compilers_lock = threading.Lock()
+
+
+class SchemaError(VlassistError):
+    """The JSON Schema cannot be used for constrained decoding."""
+
+
+def load_schema(schema_text: str | dict) -> dict:
+    """Parse and check a JSON Schema, raising SchemaError with a readable reason."""
+    import jsonschema
+
+    if isinstance(schema_text, dict):
+        schema = schema_text
+    else:
+        try:
+            schema = json.loads(schema_text)
+        except ValueError as exc:
+            raise SchemaError(f"the JSON Schema is not valid JSON ({exc})") from None
+    if not isinstance(schema, dict):
+        raise SchemaError("a JSON Schema must be a JSON object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise SchemaError(f"not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+def vocab_size(model_config) -> int | None:
+    """The width of the model's logits, which can exceed the tokenizer's vocabulary (padding rows)."""
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return getattr(text_config, "vocab_size", None) or getattr(model_config, "vocab_size", None)
+
+
+def stop_token_ids(tokenizer, model_config=None) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS, ChatML's <|im_end|>, and the config's EOS ids."""
+    ids = set()
+    for token in (tokenizer.eos_token, "<|im_end|>", "<|endoftext|>"):
+        if token and tokenizer.convert_tokens_to_ids(token) not in (None, tokenizer.unk_token_id):
+            ids.add(int(tokenizer.convert_tokens_to_ids(token)))
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    eos = getattr(text_config, "eos_token_id", None)
+    ids.update(int(i) for i in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+    return sorted(ids)
+
+
+def _compiler(tokenizer, model_config) -> xgr.GrammarCompiler:
+    # Building the tokenizer info scans the whole vocabulary: do it once per tokenizer.
+    size = vocab_size(model_config) or len(tokenizer)
+    key = (id(tokenizer), size)
+    with _compilers_lock:
+        if key not in _compilers:
+            info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=max(size, len(tokenizer)),
+                                                      stop_token_ids=stop_token_ids(tokenizer, model_config))
+            _compilers[key] = xgr.GrammarCompiler(info)
+        return _compilers[key]
+
+
+def compile_schema(tokenizer, schema_text: str | dict, model_config) -> xgr.CompiledGrammar:
+    """Compile a JSON Schema to a grammar over this tokenizer (compact JSON: no free whitespace)."""
+    schema = load_schema(schema_text)
+    try:
+        # Free whitespace would let a model pad forever; compact separators keep every token meaningful.
+        return _compiler(tokenizer, model_config).compile_json_schema(json.dumps(schema), any_whitespace=False,
+                                                                      strict_mode=True)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise SchemaError(f"this JSON Schema cannot be used for constrained output: {exc}") from None
+
+
+def minimal_length(schema: Any, depth: int = 0) -> int:
+    """Characters in the shortest JSON document `schema` accepts (an estimate used as a closing reserve)."""
+    if not isinstance(schema, dict) or depth > 20:
+        return 4
+    for key in ("enum", "const"):
+        if key in schema:
+            values = schema[key] if key == "enum" else [schema[key]]
+            return min((len(json.dumps(v, ensure_ascii=False)) for v in values), default=4)
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return min(minimal_length(s, depth + 1) for s in schema[key])
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        required = schema.get("required", [])
+        return 2 + sum(len(json.dumps(k)) + 4 + minimal_length(props.get(k, {}), depth + 1) for k in required)
+    if kind == "array":
+        return 2 + int(schema.get("minItems", 0)) * (2 + minimal_length(schema.get("items", {}), depth + 1))
+    if kind == "string":
+        return 2 + int(schema.get("minLength", 0)) * 3
+    return 4
+
+
+class SchemaLogitsProcessor(LogitsProcessor):
+    """Masks every token that would break the schema; near the token budget, prefers tokens that close."""
+
+    def __init__(self, compiled: xgr.CompiledGrammar, ranks: "ClosingRanks", budget: int):
+        self.compiled = compiled
+        self.ranks = ranks
+        self.budget = budget
+        self.matchers: list[xgr.GrammarMatcher] = []
+        self.lexers: list[_StringState] = []
+        self.bitmask = None
+        self.prompt_len = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        batch, width = scores.shape
+        if not self.matchers:
+            self.matchers = [xgr.GrammarMatcher(self.compiled) for _ in range(batch)]
+            self.lexers = [_StringState() for _ in range(batch)]
+            self.bitmask = xgr.allocate_token_bitmask(batch, self.compiled.tokenizer_info.vocab_size)
+            self.prompt_len = input_ids.shape[1]
+        else:
+            for row, matcher in enumerate(self.matchers):
+                token = int(input_ids[row, -1])
+                if matcher.is_terminated():
+                    continue
+                if not matcher.accept_token(token):
+                    raise RuntimeError("the decoder produced a token the JSON grammar does not allow")
+                self.lexers[row].feed(self.ranks.text(token))
+        for row, matcher in enumerate(self.matchers):
+            if not matcher.is_terminated():
+                matcher.fill_next_token_bitmask(self.bitmask, row)
+        device = scores.device
+        masked = scores.float() if device.type in ("cpu", "cuda") else scores.float().cpu()
+        mask_width = min(width, self.compiled.tokenizer_info.vocab_size)
+        xgr.apply_token_bitmask_inplace(masked, self.bitmask.to(masked.device), vocab_size=mask_width)
+        if width > mask_width:  # logits rows the grammar does not know are never valid
+            masked[:, mask_width:] = float("-inf")
+        if input_ids.shape[1] - self.prompt_len >= self.budget:
+            for row in range(batch):
+                masked[row] = self._prefer_closing(masked[row], self.lexers[row].in_string)
+        return masked.to(device=device, dtype=scores.dtype)
+
+    def _prefer_closing(self, scores: torch.Tensor, in_string: bool) -> torch.Tensor:
+        # Among the allowed tokens keep only the best-closing rank, so the document ends in a few steps.
+        ranks = (self.ranks.in_string if in_string else self.ranks.outside).to(scores.device)
+        n = min(ranks.shape[0], scores.shape[0])
+        allowed = torch.isfinite(scores[:n])
+        ranked = torch.where(allowed, ranks[:n].to(torch.int16), torch.tensor(-1, dtype=torch.int16,
+                                                                              device=scores.device))
+        keep = ranked == ranked.max()
+        out = torch.full_like(scores, float("-inf"))
+        out[:n] = torch.where(keep, scores[:n], out[:n])
+        return out
+
+
+class _StringState:
+    """Whether the JSON text so far ends inside a string literal (the grammar guarantees it is well formed)."""
+
+    def __init__(self):
+        self.in_string = False
+        self.escaped = False
+
+    def feed(self, data: bytes) -> None:
+        for byte in data:
+            if self.escaped:
+                self.escaped = False
+            elif self.in_string and byte == 0x5C:  # backslash
+                self.escaped = True
+            elif byte == 0x22:  # quote
+                self.in_string = not self.in_string
+
+
+class ClosingRanks:
+    """Per-token preference when an answer must end soon, inside and outside a JSON string."""
+
+    def __init__(self, decoded_vocab: list[bytes]):
+        self.vocab = decoded_vocab
+        inside, outside = [], []
+        for data in decoded_vocab:
+            # Inside a string any allowed unescaped quote ends it; better still if brackets close after it.
+            quote = data.find(b'"')
+            if b"\\" in data or quote < 0:
+                inside.append(0)
+            else:
+                inside.append(3 if any(c in b"}]" for c in data[quote + 1:]) else 2)
+            first = data.lstrip(b" \t\r\n")[:1]
+            outside.append(3 if first in (b"}", b"]") else 1 if first == b"," else 0)
+        self.in_string = torch.tensor(inside, dtype=torch.int8)
+        self.outside = torch.tensor(outside, dtype=torch.int8)
+
+    def text(self, token_id: int) -> bytes:
+        """The bytes a token stands for (empty for ids past the vocabulary)."""
+        return self.vocab[token_id] if 0 <= token_id < len(self.vocab) else b""
+
+
+_ranks_cache: dict[int, ClosingRanks] = {}
+
+
+def closing_ranks(compiled: xgr.CompiledGrammar) -> ClosingRanks:
+    """Closing preferences for the compiled grammar's vocabulary, computed once per tokenizer info."""
+    info = compiled.tokenizer_info
+    key = id(info)
+    if key not in _ranks_cache:
+        _ranks_cache[key] = ClosingRanks(info.decoded_vocab)
+    return _ranks_cache[key]
+
+
+def schema_logits_processor(tokenizer, schema_text: str, model_config, max_new_tokens: int | None = None):
+    """A fresh logits processor for one generate() call that keeps the answer valid against `schema_text`.
+
+    Pass the call's `max_new_tokens` so the answer closes in time; without it the default limit is assumed.
+    """
+    compiled = compile_schema(tokenizer, schema_text, model_config)
+    limit = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    reserve = minimal_length(load_schema(schema_text)) + CLOSING_MARGIN
+    return SchemaLogitsProcessor(compiled, closing_ranks(compiled), budget=max(1, limit - reserve))

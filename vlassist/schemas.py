@@ -1,0 +1,96 @@
+"""JSON Schemas for extraction: built from a list of field names, or one of the ready-made templates."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+from .errors import VlassistError
+
+# Field types a user can write as `name:type`; every field may also be null when the image lacks it.
+FIELD_TYPES = {
+    "string": {"type": "string"},
+    "text": {"type": "string"},
+    "number": {"type": "number"},
+    "integer": {"type": "integer"},
+    "int": {"type": "integer"},
+    "boolean": {"type": "boolean"},
+    "bool": {"type": "boolean"},
+    "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+    "list": {"type": "array", "items": {"type": "string"}},
+}
+
+
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(properties: dict, nullable: tuple[str, ...] = ()) -> dict:
+    # Every key is required so the answer always has the same shape; missing values come back as null.
+    props = {k: (_nullable(v) if k in nullable else v) for k, v in properties.items()}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+_STR, _NUM = {"type": "string"}, {"type": "number"}
+
+TEMPLATES: dict[str, tuple[str, dict]] = {
+    "invoice": ("Invoice / receipt", _obj({
+        "invoice_number": _STR,
+        "invoice_date": _STR,
+        "due_date": _STR,
+        "seller": _obj({"name": _STR, "address": _STR, "tax_id": _STR}, nullable=("address", "tax_id")),
+        "buyer": _obj({"name": _STR, "address": _STR}, nullable=("name", "address")),
+        "currency": _STR,
+        "line_items": {"type": "array", "items": _obj({
+            "description": _STR, "quantity": _NUM, "unit_price": _NUM, "amount": _NUM,
+        }, nullable=("quantity", "unit_price"))},
+        "subtotal": _NUM,
+        "tax": _NUM,
+        "total": _NUM,
+    }, nullable=("invoice_number", "invoice_date", "due_date", "currency", "subtotal", "tax", "total"))),
+    "form": ("Form (label → value)", _obj({
+        "title": _STR,
+        "fields": {"type": "array", "items": _obj({
+            "label": _STR, "value": _STR, "checked": {"type": "boolean"},
+        }, nullable=("value", "checked"))},
+    }, nullable=("title",))),
+    "meter": ("Meter / instrument panel", _obj({
+        "instrument": _STR,
+        "readings": {"type": "array", "items": _obj({
+            "name": _STR, "value": _NUM, "unit": _STR, "display_text": _STR,
+        }, nullable=("value", "unit"))},
+        "status": {"enum": ["normal", "warning", "alarm", "off", "unknown"]},
+        "warnings": {"type": "array", "items": _STR},
+    }, nullable=("instrument",))),
+    "table_rows": ("Table rows", _obj({
+        "columns": {"type": "array", "items": _STR, "minItems": 1},
+        "rows": {"type": "array", "items": {"type": "array", "items": {"anyOf": [_STR, _NUM, {"type": "null"}]}}},
+    })),
+}
+
+
+def template_schema(name: str) -> dict:
+    """A copy of the named template's JSON Schema (invoice, form, meter, table_rows)."""
+    try:
+        return copy.deepcopy(TEMPLATES[name][1])
+    except KeyError:
+        raise VlassistError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}") from None
+
+
+def fields_schema(fields: str | list[str]) -> dict:
+    """A JSON Schema for an object with these fields; `name:type` picks a type (default string), all nullable."""
+    items = [f.strip() for f in (fields.split(",") if isinstance(fields, str) else fields) if f.strip()]
+    if not items:
+        raise VlassistError("name at least one field")
+    properties = {}
+    for item in items:
+        name, _, kind = item.rpartition(":") if re.search(r":\s*[A-Za-z]+$", item) else (item, "", "string")
+        name, kind = name.strip(), kind.strip().lower()
+        if kind not in FIELD_TYPES:
+            raise VlassistError(f"field {item!r}: unknown type {kind!r}; use one of {', '.join(FIELD_TYPES)}")
+        if not name:
+            raise VlassistError(f"field {item!r} has no name")
+        if name in properties:
+            raise VlassistError(f"field {name!r} is named twice")
+        properties[name] = FIELD_TYPES[kind]
+    return _obj(properties, nullable=tuple(properties))
