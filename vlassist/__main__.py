@@ -20,8 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ask questions about images; the answer streams to stdout")
     ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     ask.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
-    ask.add_argument("--prompt", "-p", action="append", required=True,
+    ask.add_argument("--prompt", "-p", action="append",
                      help="a question; repeat for follow-up questions in the same conversation")
+    ask.add_argument("--preset", help="task preset (describe, ocr, json, table, chart, html, grounding) as the "
+                                      "first question when no --prompt is given")
+    ask.add_argument("--target", default="object", help="what the grounding preset looks for")
+    shape = ask.add_mutually_exclusive_group()
+    shape.add_argument("--schema", type=Path, help="JSON Schema file: the answer is one JSON document valid "
+                                                   "against it (printed alone on stdout)")
+    shape.add_argument("--fields", help="comma-separated fields to extract as JSON, e.g. vendor,total:number")
+    shape.add_argument("--template", help="extraction template: invoice, form, meter or table_rows")
     ask.add_argument("--max-new-tokens", type=int, default=1024)
     ask.add_argument("--creative", action="store_true", help="sample instead of greedy (precise) decoding")
     ask.add_argument("--temperature", type=float, default=0.7)
@@ -48,6 +56,27 @@ def _options(args, settings) -> GenerationOptions:
     )
 
 
+def _schema_text(args) -> str | None:
+    """The JSON Schema text named by --schema, --fields or --template, checked; None when none was given."""
+    from .schemas import schema_text
+
+    return schema_text(schema_path=args.schema, fields=args.fields, template=args.template)
+
+
+def _prompts(args, family: str, schema_text: str | None) -> list[str]:
+    from .prompts import PRESETS, json_schema_prompt, task_prompt
+
+    if args.prompt:
+        return args.prompt
+    if schema_text:
+        return [json_schema_prompt(schema_text)]
+    if not args.preset:
+        raise VlassistError("give a question with --prompt (or a task with --preset)")
+    if args.preset not in PRESETS:
+        raise VlassistError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    return [task_prompt(args.preset, family, args.target)]
+
+
 def _read_images(paths: list[Path]):
     from .images import load_image
 
@@ -67,10 +96,15 @@ def cmd_ask(args) -> int:
     if args.model:
         settings = settings.with_(model_dir=args.model)
     options = _options(args, settings)
+    schema_text = _schema_text(args)
     images = _read_images(args.images)  # bad images fail before the model is loaded
     from .engine import load_engine
 
     engine = load_engine(settings)
+    if schema_text is not None:
+        return _ask_json(engine, images, _prompts(args, engine.info.family, schema_text), options, schema_text,
+                         args.json_stats)
+    args.prompt = _prompts(args, engine.info.family, None)
     turns: list[Turn] = []
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl+C ends the answer, keeps what was said
@@ -87,6 +121,27 @@ def cmd_ask(args) -> int:
         turns.append(Turn("assistant", reply.text))
         if stop.is_set():
             break
+    return 0
+
+
+def _ask_json(engine, images, prompts, options, schema_text: str, json_stats: bool) -> int:
+    """Answer under the schema and print the one JSON document, or fail with a clear reason."""
+    from dataclasses import replace
+
+    from .parsing import extract_json
+
+    reply = engine.stream([Turn("user", prompts[0], images)], replace(options, json_schema=schema_text))
+    text = reply.consume()
+    if json_stats:
+        print(json.dumps(reply.stats.to_dict()), file=sys.stderr, flush=True)
+    result = extract_json(text, schema_text)
+    if reply.stats.stop_reason == "length":
+        raise VlassistError(f"the answer was cut by the length limit ({options.max_new_tokens} tokens) before "
+                            "the JSON was complete; raise --max-new-tokens")
+    if reply.stats.stop_reason != "eos" or result is None or not result.valid:
+        why = reply.stats.error or reply.stats.stop_reason
+        raise VlassistError(f"no valid JSON document came back ({why})")
+    print(result.text)  # the model's own text: valid JSON, numbers exactly as written
     return 0
 
 

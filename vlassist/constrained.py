@@ -15,37 +15,13 @@ import torch
 import xgrammar as xgr
 from transformers import LogitsProcessor
 
-from .errors import VlassistError
+from .schemas import SchemaError, load_schema  # noqa: F401  (SchemaError is part of this API)
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # GenerationOptions' default, for callers that do not pass theirs
 CLOSING_MARGIN = 16  # extra tokens kept for closing brackets beyond a minimal document
 
 _compilers: dict[tuple[int, int], xgr.GrammarCompiler] = {}
 _compilers_lock = threading.Lock()
-
-
-class SchemaError(VlassistError):
-    """The JSON Schema cannot be used for constrained decoding."""
-
-
-def load_schema(schema_text: str | dict) -> dict:
-    """Parse and check a JSON Schema, raising SchemaError with a readable reason."""
-    import jsonschema
-
-    if isinstance(schema_text, dict):
-        schema = schema_text
-    else:
-        try:
-            schema = json.loads(schema_text)
-        except ValueError as exc:
-            raise SchemaError(f"the JSON Schema is not valid JSON ({exc})") from None
-    if not isinstance(schema, dict):
-        raise SchemaError("a JSON Schema must be a JSON object")
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise SchemaError(f"not a valid JSON Schema: {exc.message}") from None
-    return schema
 
 
 def vocab_size(model_config) -> int | None:

@@ -132,6 +132,7 @@ class JsonResult:
     value: Any
     repaired: bool
     errors: tuple[str, ...] = ()
+    text: str = ""  # the document as JSON text: the model's own when it needed no repair (digits kept exactly)
 
     @property
     def valid(self) -> bool:
@@ -175,7 +176,7 @@ def extract_json(text: str, schema: dict | str | None = None) -> JsonResult | No
     if not isinstance(value, (dict, list)) and (repaired or value is None):
         return None  # a repaired scalar is prose that json-repair quoted, not an answer
     errors = validation_errors(value, schema) if schema is not None else ()
-    return JsonResult(value, repaired, errors)
+    return JsonResult(value, repaired, errors, candidate if not repaired else json.dumps(value, ensure_ascii=False))
 
 
 def validation_errors(value: Any, schema: dict | str) -> tuple[str, ...]:

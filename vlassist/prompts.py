@@ -49,3 +49,31 @@ def preset_prompt(key: str, target: str = "object") -> str:
     """The prompt text for preset `key`; grounding asks for `target`."""
     preset = PRESETS[key]
     return preset.prompt.format(target=target) if "{target}" in preset.prompt else preset.prompt
+
+
+# Each family was trained on its own grounding phrasing and answer format (see parsing.parse_boxes).
+_GROUNDING = {
+    "qwen2_vl": "Find every {target} in this image and give the bounding box of each.",
+    "qwen2_5_vl": ("Locate every {target} in the image, output bbox coordinates in JSON format: a list where each "
+                   "item has \"bbox_2d\": [x1, y1, x2, y2] and \"label\"."),
+    "qwen3_vl": ("Locate every instance that belongs to the following categories: \"{target}\". Report bbox "
+                 "coordinates in JSON format: a list where each item has \"bbox_2d\": [x1, y1, x2, y2] and "
+                 "\"label\"."),
+}
+
+
+def grounding_prompt(family: str, target: str = "object") -> str:
+    """The "Find objects" prompt in the phrasing checkpoint family `family` (a model_type) was trained on."""
+    return _GROUNDING.get(family, _GROUNDING["qwen2_5_vl"]).format(target=target.strip() or "object")
+
+
+def task_prompt(key: str, family: str, target: str = "object") -> str:
+    """The prompt for preset `key` on checkpoint family `family` (grounding differs per family)."""
+    return grounding_prompt(family, target) if key == "grounding" else preset_prompt(key, target)
+
+
+def json_schema_prompt(schema_text: str) -> str:
+    """The extraction prompt when the answer is constrained to a JSON Schema (the schema shows the fields)."""
+    return ("Extract the information in this image as one JSON object that follows this JSON Schema. Copy "
+            "values exactly as written, give numbers as numbers, and use null for anything not shown.\n"
+            f"Schema:\n{schema_text}")

@@ -3,9 +3,52 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
+from pathlib import Path
 
 from .errors import VlassistError
+
+class SchemaError(VlassistError):
+    """The JSON Schema cannot be used for constrained decoding."""
+
+
+def load_schema(schema_text: str | dict) -> dict:
+    """Parse and check a JSON Schema, raising SchemaError with a readable reason."""
+    import jsonschema
+
+    if isinstance(schema_text, dict):
+        schema = schema_text
+    else:
+        try:
+            schema = json.loads(schema_text)
+        except ValueError as exc:
+            raise SchemaError(f"the JSON Schema is not valid JSON ({exc})") from None
+    if not isinstance(schema, dict):
+        raise SchemaError("a JSON Schema must be a JSON object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise SchemaError(f"not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+def schema_text(schema_path: Path | None = None, fields: str | None = None, template: str | None = None) -> str | None:
+    """Checked JSON Schema text from a schema file, a field list or a template name (None if none given)."""
+    if schema_path is not None:
+        try:
+            raw = Path(schema_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SchemaError(f"{schema_path}: cannot read ({exc.strerror or exc})") from None
+        schema = load_schema(raw)
+    elif fields:
+        schema = fields_schema(fields)
+    elif template:
+        schema = template_schema(template)
+    else:
+        return None
+    return json.dumps(schema, ensure_ascii=False)
+
 
 # Field types a user can write as `name:type`; every field may also be null when the image lacks it.
 FIELD_TYPES = {
