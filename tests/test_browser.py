@@ -1,0 +1,164 @@
+"""Real browser (Debian's headless Chromium via Playwright) against `streamlit run` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, image_bytes
+from vlassist.history import History
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TEXTAREA = '[data-testid="stChatInputTextArea"]'
+ASSISTANT = '[data-testid="stChatMessage"]:has([aria-label="Chat message from assistant"])'
+USER = '[data-testid="stChatMessage"]:has([aria-label="Chat message from user"])'
+STOP = '[data-testid="stChatInputStopButton"]'
+
+pytestmark = [
+    pytest.mark.enable_socket,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed"),
+]
+
+PASTE = """(el, b64) => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], 'clipboard.png', {type: 'image/png'}));
+  el.focus();
+  el.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen25, tmp_path_factory):
+    """`streamlit run qwen_vl_app.py` on the tiny checkpoint, on a free loopback port: (url, data folder)."""
+    data = tmp_path_factory.mktemp("browser-data")
+    port = free_port()
+    env = {**os.environ, "VLASSIST_MODEL_DIR": str(tiny_qwen25), "VLASSIST_DEVICE": "cpu",
+           "VLASSIST_DATA_DIR": str(data), "VLASSIST_STREAM_TIMEOUT_S": "60"}
+    env.pop("VLASSIST_USER_HEADER", None)
+    log = open(data / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "qwen_vl_app.py"), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError((data / "server.log").read_text()[-2000:])
+                time.sleep(0.3)
+        yield url, data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh browser tab on the app, with the chat box ready (the model loads on the first visit)."""
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(120_000)
+    tab.goto(server[0])
+    tab.wait_for_selector(TEXTAREA)
+    yield tab
+    context.close()
+
+
+def send(page, question: str) -> None:
+    page.wait_for_selector('[data-testid="stFileChip"]')
+    page.locator(TEXTAREA).fill(question)
+    page.locator(TEXTAREA).press("Enter")
+
+
+def open_from_sidebar(page, server, title: str) -> None:
+    page.reload()
+    page.wait_for_selector(TEXTAREA)
+    page.locator('[data-testid="stSidebar"] button', has_text=title).first.click()
+    page.locator(ASSISTANT).first.wait_for()
+
+
+def stored_answer(data, title: str):
+    history = History.open(data)
+    store = history.for_owner("local")
+    [summary] = [c for c in store.list_conversations() if c.title == title]
+    conversation = store.get_conversation(summary.id)
+    history.close()
+    return conversation
+
+
+def test_pasted_image_gets_a_streamed_answer_that_is_in_the_sidebar_after_reload(page, server, tmp_path):
+    """Paste an image, ask, watch the answer stream, reload, and reopen it from the sidebar with its image."""
+    title = "Describe the chosen file"
+    page.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 120), (20, 120, 220))).decode())
+    send(page, title)
+    answer = page.locator(ASSISTANT).last.locator('[data-testid="stMarkdownContainer"]').first
+    answer.wait_for()
+    page.wait_for_function("el => el.innerText.trim().length > 0", arg=answer.element_handle())
+    page.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for()  # finished and redrawn from history
+    open_from_sidebar(page, server, title)
+    page.locator(USER).first.locator("img").first.wait_for()
+    assert page.locator(USER).first.locator("img").count() == 1
+    assert page.locator(ASSISTANT).first.get_by_text("tokens/s").count() == 1
+    conversation = stored_answer(server[1], title)
+    assert [m.images[0].name for m in conversation.messages if m.role == "user"] == ["clipboard.png"]
+    assert conversation.messages[-1].status == "complete"
+
+
+def test_chosen_file_answer_can_be_stopped_and_keeps_partial_text(page, server, tmp_path):
+    """Attach through the file chooser, stop mid-answer; the partial answer is kept, marked as stopped."""
+    title = "What is in the pasted screenshot?"
+    picture = tmp_path / "chosen.png"
+    picture.write_bytes(image_bytes((160, 90)))
+    with page.expect_file_chooser() as chooser:
+        page.locator('[data-testid="stChatInputFileUploadButton"] button').click()
+    chooser.value.set_files(str(picture))
+    send(page, title)
+    answer = page.locator(ASSISTANT).last.locator('[data-testid="stMarkdownContainer"]').first
+    answer.wait_for()
+    page.wait_for_function("el => el.innerText.trim().length > 0", arg=answer.element_handle())
+    # The tiny model's greedy answer to this question runs to the length limit, so it is still streaming.
+    page.locator(STOP).click()
+    page.locator(STOP).wait_for(state="detached")
+    open_from_sidebar(page, server, title)
+    page.locator(ASSISTANT).first.get_by_text("Stopped — partial answer").wait_for()
+    page.locator(USER).first.locator("img").first.wait_for()
+    assert page.locator(USER).first.locator("img").count() == 1
+    answer = stored_answer(server[1], title).messages[-1]
+    assert answer.status == "interrupted" and answer.text and answer.stats["stop_reason"] == "stopped"
