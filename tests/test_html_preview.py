@@ -1,0 +1,50 @@
+"""The HTML preview in a real headless Chromium: the page renders, and nothing in it can fetch or run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from vlassist.html_preview import preview_document
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HOSTILE_PAGE = """<!DOCTYPE html><html><head>
+<meta http-equiv="refresh" content="0; url=http://198.51.100.7/refresh">
+<link rel="stylesheet" href="http://198.51.100.7/style.css">
+<script>document.title = "script ran"; fetch("http://198.51.100.7/fetch");</script>
+<style>h1 { color: rgb(200, 0, 0); }</style>
+</head><body><h1>Sign in</h1><img src="http://198.51.100.7/pixel.png">
+<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=">
+<iframe src="http://198.51.100.7/frame"></iframe>
+<a id="out" href="http://198.51.100.7/link">docs</a></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def test_preview_renders_and_fetches_nothing(browser):
+    """The page's text and inline styles render; no request leaves for the network and no script runs."""
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.set_content(preview_document(HOSTILE_PAGE))
+    page.wait_for_timeout(800)
+    frame = next(f for f in page.frames if f != page.main_frame)
+    heading = frame.locator("h1")
+    assert heading.inner_text() == "Sign in"
+    assert heading.evaluate("e => getComputedStyle(e).color") == "rgb(200, 0, 0)"
+    frame.locator("#out").click(no_wait_after=True)
+    page.wait_for_timeout(500)
+    assert [u for u in requests if u.startswith(("http:", "https:", "ws:"))] == []
+    assert frame.evaluate("document.title") != "script ran"
