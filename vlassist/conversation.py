@@ -79,9 +79,15 @@ class Reply:
         self.text = ""
 
     def __iter__(self) -> Iterator[str]:
-        for chunk in self._chunks:
-            self.text += chunk
-            yield chunk
+        try:
+            for chunk in self._chunks:
+                self.text += chunk
+                yield chunk
+        finally:
+            # A caller that stops reading (closed generator, Streamlit rerun) must free the engine now, not at GC.
+            close = getattr(self._chunks, "close", None)
+            if close:
+                close()
 
     def stop(self) -> None:
         """Ask the engine to end this answer early; the text so far is kept."""

@@ -12,8 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-# Decoders we allow; Pillow's format names. MPO is what many phones write for JPEG.
-ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+# Decoders we allow, by Pillow format name (the JPEG decoder also opens phones' MPO files).
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 MAX_PIXELS = 100_000_000  # larger is treated as a decompression bomb
 MIN_SIDE = 8  # pixels
 MAX_ASPECT = 200  # the Qwen processors refuse anything more elongated
@@ -54,6 +54,7 @@ def load_image(data: bytes, name: str | None = None) -> LoadedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.init()  # register every plugin so the allow-list can name them
             img = Image.open(buf, formats=ALLOWED_FORMATS)
             fmt = img.format or "?"
             width, height = img.size
