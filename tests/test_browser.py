@@ -44,38 +44,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_qwen25, tmp_path_factory):
-    """`streamlit run qwen_vl_app.py` on the tiny checkpoint, on a free loopback port: (url, data folder)."""
-    data = tmp_path_factory.mktemp("browser-data")
+def serve(checkpoint, data, **env_extra):
+    """Start `streamlit run qwen_vl_app.py` on a free loopback port; return (process, url, log file)."""
     port = free_port()
-    env = {**os.environ, "VLASSIST_MODEL_DIR": str(tiny_qwen25), "VLASSIST_DEVICE": "cpu",
-           "VLASSIST_DATA_DIR": str(data), "VLASSIST_STREAM_TIMEOUT_S": "60"}
-    env.pop("VLASSIST_USER_HEADER", None)
+    env = {**os.environ, "VLASSIST_MODEL_DIR": str(checkpoint), "VLASSIST_DEVICE": "cpu",
+           "VLASSIST_DATA_DIR": str(data), "VLASSIST_STREAM_TIMEOUT_S": "60", **env_extra}
+    if "VLASSIST_USER_HEADER" not in env_extra:
+        env.pop("VLASSIST_USER_HEADER", None)
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "qwen_vl_app.py"), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError((data / "server.log").read_text()[-2000:])
-                time.sleep(0.3)
-        yield url, data
-    finally:
-        proc.terminate()
+    deadline = time.time() + 60
+    while True:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                return proc, url, log
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                stop(proc, log)
+                raise RuntimeError((data / "server.log").read_text()[-2000:])
+            time.sleep(0.3)
+
+
+def stop(proc, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_qwen25, tmp_path_factory):
+    """The app on the tiny checkpoint with one local owner: (url, data folder)."""
+    data = tmp_path_factory.mktemp("browser-data")
+    proc, url, log = serve(tiny_qwen25, data)
+    yield url, data
+    stop(proc, log)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +171,31 @@ def test_chosen_file_answer_can_be_stopped_and_keeps_partial_text(page, server, 
     assert page.locator(USER).first.locator("img").count() == 1
     answer = stored_answer(server[1], title).messages[-1]
     assert answer.status == "interrupted" and answer.text and answer.stats["stop_reason"] == "stopped"
+
+
+def test_users_named_by_header_see_only_their_own_history(browser, tiny_qwen25, tmp_path):
+    """Behind a proxy's user header each user sees only their conversations; no header gets a refusal."""
+    history = History.open(tmp_path)
+    history.for_owner("ann").create_conversation("Ann's invoice")
+    history.for_owner("bob").create_conversation("Bob's diagram")
+    history.close()
+    proc, url, log = serve(tiny_qwen25, tmp_path, VLASSIST_USER_HEADER="X-Remote-User")
+    try:
+        seen = {}
+        for user in ("ann", "bob", None):
+            context = browser.new_context(extra_http_headers={"X-Remote-User": user} if user else {})
+            tab = context.new_page()
+            tab.set_default_timeout(120_000)
+            tab.goto(url)
+            if user is None:
+                tab.get_by_text("Not signed in").wait_for()
+                seen[user] = tab.locator(TEXTAREA).count()
+            else:
+                tab.wait_for_selector(TEXTAREA)
+                tab.get_by_text("Model status").wait_for()  # drawn after the conversation list
+                sidebar = tab.locator('[data-testid="stSidebar"]').inner_text()
+                seen[user] = ("Ann's invoice" in sidebar, "Bob's diagram" in sidebar)
+            context.close()
+        assert seen == {"ann": (True, False), "bob": (False, True), None: 0}
+    finally:
+        stop(proc, log)
