@@ -35,7 +35,7 @@ def check_internet(source: str, timeout: float = 5.0) -> None:
     host, port = HOSTS[source]
     try:
         socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
+    except Exception as exc:  # refused, unreachable, name lookup failed, sockets forbidden: all mean "offline"
         raise SystemExit(
             f"fetch_model: cannot reach {host} ({exc}). This machine has no internet: run this script on one "
             "that does, then copy the models/ folder here (see README, 'Putting a model on an offline machine')."
