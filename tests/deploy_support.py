@@ -208,9 +208,10 @@ def render_nginx_site(https_port: int, http_port: int, app_port: int, folder: Pa
     site = _replace_once(site, "listen [::]:443 ssl;\n", "")
     site = _replace_once(site, "listen 80;", f"listen 127.0.0.1:{http_port};")
     site = _replace_once(site, "listen [::]:80;\n", "")
-    site = _replace_once(site, "/etc/nginx/tls/vlassist.crt", str(crt))
-    site = _replace_once(site, "/etc/nginx/tls/vlassist.key", str(key))
-    site = _replace_once(site, "/etc/nginx/vlassist.htpasswd", str(htpasswd))
+    site = _replace_once(site, "ssl_certificate     /etc/nginx/tls/vlassist.crt;", f"ssl_certificate {crt};")
+    site = _replace_once(site, "ssl_certificate_key /etc/nginx/tls/vlassist.key;", f"ssl_certificate_key {key};")
+    site = _replace_once(site, "auth_basic_user_file /etc/nginx/vlassist.htpasswd;",
+                         f"auth_basic_user_file {htpasswd};")
     path = folder / "vlassist.conf"
     path.write_text(site)
     return path
