@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
+COMPILE = ("auto", "graph", "static", "off")
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
 
 
@@ -27,6 +28,9 @@ class Settings:
     cpu_threads: int | None = None
     user_header: str | None = None
     stream_timeout_s: float = 600.0
+    kv_cache_gb: float = 2.0
+    compile: str = "auto"
+    decode_context: int = 8192
 
     def with_(self, **changes) -> "Settings":
         """Return a copy with some fields changed (e.g. a --model option)."""
@@ -69,4 +73,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cpu_threads=_number(env, "VLASSIST_CPU_THREADS", int, None, 1, 1024),
         user_header=header,
         stream_timeout_s=_number(env, "VLASSIST_STREAM_TIMEOUT_S", float, 600.0, 1, 86400),
+        kv_cache_gb=_number(env, "VLASSIST_KV_CACHE_GB", float, 2.0, 0, 1024),
+        compile=_choice(env, "VLASSIST_COMPILE", COMPILE, "auto"),
+        decode_context=_number(env, "VLASSIST_DECODE_CONTEXT", int, 8192, 256, 262144),
     )

@@ -15,7 +15,13 @@ from .images import LoadedImage, Sizing, plan_size, resize_for_model
 from .loader import ModelInfo, load
 
 import torch  # noqa: E402
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer  # noqa: E402
+import numpy as np  # noqa: E402
+from transformers import (  # noqa: E402
+    LogitsProcessorList, MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
+    StoppingCriteriaList, TemperatureLogitsWarper, TextIteratorStreamer, TopPLogitsWarper)
+
+from .decode import cache_layers, choose, decode_step, new_cache, prefill, rope_positions, step_positions  # noqa
+from .kvcache import PrefixStore, fingerprint, image_key  # noqa: E402
 
 
 class GenerationError(VlassistError):
@@ -58,6 +64,10 @@ class Engine:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(processor.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        self.prefixes = PrefixStore(int(settings.kv_cache_gb * 2**30))
+        self.fast = None  # a StaticDecoder once load_engine has warmed one up; None decodes eagerly
+        self._image_token = model.config.image_token_id
+        self._merge = model.config.vision_config.spatial_merge_size
 
     @property
     def busy(self) -> bool:
@@ -145,27 +155,18 @@ class Engine:
         result: dict = {}
         if options.seed is not None:
             torch.manual_seed(options.seed)
-        gen_kwargs = dict(
-            **inputs, streamer=streamer, max_new_tokens=options.max_new_tokens,
-            min_new_tokens=options.min_new_tokens or None, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
-            pad_token_id=self.processor.tokenizer.pad_token_id, **options.sampling_kwargs(),
-        )
-
-        if options.json_schema:
-            # Engine-side only: the grammar library works on token ids and logits.
-            from transformers import LogitsProcessorList
-
-            from .constrained import schema_logits_processor
-
-            gen_kwargs["logits_processor"] = LogitsProcessorList(
-                [schema_logits_processor(self.processor.tokenizer, options.json_schema, self.model.config)])
+        keys = [image_key(image.sha256, s.input_size) for image, s in zip(_images(turns), sizings)]
 
         def work():
             try:
                 with torch.inference_mode():
-                    result["ids"] = self.model.generate(**gen_kwargs)
+                    if options.use_cache:
+                        result["ids"] = self._decode(inputs, keys, options, stop, streamer, stats)
+                    else:
+                        result["ids"] = self._plain_generate(inputs, options, stop, streamer)
             except BaseException as exc:  # reported to the caller's thread below
                 result["error"] = exc
+            finally:
                 streamer.end()
 
         worker = threading.Thread(target=work, name="vlassist-generate", daemon=True)
@@ -188,9 +189,74 @@ class Engine:
         if "error" in result:
             exc = result["error"]
             if isinstance(exc, torch.cuda.OutOfMemoryError):
+                self.prefixes.clear()
                 torch.cuda.empty_cache()
                 raise GenerationError("out of GPU memory: lower the resolution or the answer length") from exc
             raise exc
+
+    def _processors(self, options: GenerationOptions, prompt_len: int) -> list:
+        """Logits processors in generate()'s order: answer-length floor, sampling, then the JSON grammar."""
+        eos = sorted(self.eos_ids)
+        chain: list = []
+        if options.min_new_tokens:
+            chain.append(MinNewTokensLengthLogitsProcessor(prompt_len, options.min_new_tokens, eos))
+        if not options.precise:
+            if options.repetition_penalty != 1.0:
+                chain.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
+            chain += [TemperatureLogitsWarper(options.temperature), TopPLogitsWarper(options.top_p)]
+        if options.json_schema:
+            chain.append(self._schema_processor(options))
+        return chain
+
+    def _schema_processor(self, options: GenerationOptions):
+        # Engine-side only: the grammar library works on token ids and logits.
+        from .constrained import schema_logits_processor
+
+        return schema_logits_processor(self.processor.tokenizer, options.json_schema, self.model.config)
+
+    def _decode(self, inputs, image_keys, options, stop, streamer, stats: Stats) -> torch.Tensor:
+        """Prefill what no stored cache covers, then decode token by token; keep the K/V for the next turn."""
+        model, ids = self.model, inputs["input_ids"]  # ids: (1, L)
+        grid = inputs.get("image_grid_thw")  # (images, 3) or None
+        length = ids.shape[1]
+        positions, delta = rope_positions(model, ids, inputs.get("mm_token_type_ids"), grid)  # (4, 1, L)
+        counts = [] if grid is None else (grid.prod(-1) // self._merge**2).tolist()
+        tokens = fingerprint(ids[0].tolist(), self._image_token, image_keys, counts)
+        entry, reused = self.prefixes.lookup(tokens)
+        stats.reused_tokens = reused
+        pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
+        cache = new_cache(model, entry.layers if entry else None, reused)
+        scores = prefill(model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)  # (1, V)
+        streamer.put(ids.cpu())
+        fast = self.fast if self.fast is not None and self.fast.fits(length + options.max_new_tokens) else None
+        if fast is not None:
+            fast.start(cache, length)
+        processors, sequence = self._processors(options, length), ids
+        for step in range(options.max_new_tokens):
+            token = choose(scores, sequence, processors, greedy=options.precise)  # (1,)
+            sequence = torch.cat([sequence, token.view(1, 1)], dim=1)
+            streamer.put(token.cpu())
+            if int(token) in self.eos_ids or stop.is_set() or step == options.max_new_tokens - 1:
+                break
+            index = length + step  # cache slot of the token just chosen
+            scores = (fast.step(token, index, delta) if fast is not None else
+                      decode_step(model, token.view(1, 1), step_positions(index, delta, ids.device), cache))
+        fed = sequence.shape[1] - 1  # the last chosen token never ran through the model
+        answer = sequence[0, length:fed].cpu().numpy()
+        layers = fast.layers(fed) if fast is not None else cache_layers(cache, fed)
+        self.prefixes.put(np.concatenate([tokens, answer]), layers)
+        return sequence
+
+    def _plain_generate(self, inputs, options, stop, streamer) -> torch.Tensor:
+        """The reference path: transformers generate() on the whole prompt, nothing reused or kept."""
+        kwargs = dict(
+            **inputs, streamer=streamer, max_new_tokens=options.max_new_tokens,
+            min_new_tokens=options.min_new_tokens or None, stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+            pad_token_id=self.processor.tokenizer.pad_token_id, **options.sampling_kwargs(),
+        )
+        if options.json_schema:
+            kwargs["logits_processor"] = LogitsProcessorList([self._schema_processor(options)])
+        return self.model.generate(**kwargs)
 
     def _finish_stats(self, stats: Stats, streamer: _TimedStreamer, result: dict, prompt_len: int, started, stop):
         times = streamer.token_times
@@ -209,6 +275,23 @@ class Engine:
             stats.stop_reason = "stopped"
         else:
             stats.stop_reason = "length"
+
+
+def _images(turns) -> list[LoadedImage]:
+    """Every image of the conversation, in prompt order."""
+    return [image for turn in turns if turn.role == "user" for image in turn.images]
+
+
+def _uncached_images(pixel_values, grid, tokens: np.ndarray, reused: int):
+    """pixel_values rows and image_grid_thw of the images whose tokens start at or after `reused`."""
+    if grid is None:
+        return None, None
+    starts = np.flatnonzero((tokens < 0) & (np.r_[0, tokens[:-1]] != tokens))  # first token of each image
+    first_new = int((starts < reused).sum())
+    if first_new == len(grid):
+        return None, None
+    rows = int(grid[:first_new].prod(-1).sum())
+    return pixel_values[rows:], grid[first_new:]
 
 
 def load_engine(settings: Settings) -> Engine:
