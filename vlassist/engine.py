@@ -21,6 +21,7 @@ from transformers import (  # noqa: E402
     StoppingCriteriaList, TemperatureLogitsWarper, TextIteratorStreamer, TopPLogitsWarper)
 
 from .decode import cache_layers, choose, decode_step, new_cache, prefill, rope_positions, step_positions  # noqa
+from .fastdecode import build_decoder  # noqa: E402
 from .kvcache import PrefixStore, fingerprint, image_key  # noqa: E402
 
 
@@ -297,4 +298,7 @@ def _uncached_images(pixel_values, grid, tokens: np.ndarray, reused: int):
 def load_engine(settings: Settings) -> Engine:
     """Load the checkpoint named by settings and return a ready engine."""
     model, processor, _family, info = load(settings)
-    return Engine(model, processor, info, settings)
+    engine = Engine(model, processor, info, settings)
+    engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
+        model, settings.compile, settings.decode_context)
+    return engine

@@ -36,6 +36,9 @@ class ModelInfo:
     min_pixels: int
     load_s: float = 0.0
     parameters: int = 0
+    decode: str = "eager"  # eager | static | graph | compile (see vlassist.fastdecode)
+    decode_reason: str = ""
+    warmup_s: float = 0.0  # compile and capture time, spent at load so no question waits for it
     versions: dict = field(default_factory=dict)
 
 
