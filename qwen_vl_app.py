@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from vlassist.ui import chat, resources, settings_panel, sidebar
+from vlassist.ui import chat, resources, settings_panel, sidebar, tasks
 
 st.set_page_config(page_title="vlassist", page_icon="🖼️", layout="wide")
 
@@ -27,9 +27,13 @@ st.subheader(conversation.title if conversation else "New conversation")
 chat.show_flash()
 messages = st.container()
 with messages:
-    chat.render_conversation(conversation, store, engine, options)
-chat.render_presets()
+    zoom = chat.render_conversation(conversation, store, engine, options)
+tasks.render_presets(engine.info.family)
+tasks.render_task_options(engine.info.family)
 chat.restore_pending_text()
+chat.show_held_images()
 submission = chat.chat_input()
-if submission:
+if zoom:
+    chat.ask_zoom(zoom, engine, store, options, messages)
+elif submission:
     chat.ask(submission, engine, store, options, messages)

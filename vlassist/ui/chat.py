@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import io
+import re
 import threading
 from collections import OrderedDict
+from dataclasses import replace
+from typing import Callable
 
 import streamlit as st
 
 from ..conversation import GenerationOptions, Turn
 from ..errors import ImageError, VlassistError
-from ..history import NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
+from ..history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
 from ..images import LoadedImage, load_image
-from ..prompts import PRESETS, preset_prompt
+from ..prompts import preset_prompt
+from . import tasks
 from .recording import AnswerRecorder
-from .settings_panel import set_decoding
+from .results import guess_view, render_result
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
-CHAT_KEY = "chat_input"
+CHAT_KEY = tasks.CHAT_KEY
 CONVERSATION_KEY = "conversation_id"
+HELD_KEY = "held_images"
+STRUCTURED = ("json", "grounding", "table", "chart", "html")
 _DECODED_CACHE_SIZE = 16
 
 
@@ -121,11 +128,20 @@ def render_user_message(message: StoredMessage, store: OwnerStore, engine, optio
             st.markdown(message.text)
 
 
-def render_assistant_message(message: StoredMessage) -> None:
-    """The body of one stored answer, its status and stats. Every answer on the page is drawn here."""
+def render_assistant_message(message: StoredMessage,
+                             images: Callable[[], list[dict]] | None = None) -> dict | None:
+    """The body of one stored answer, its structured view, status and stats; return a zoom-in request or None.
+
+    Every answer on the page is drawn here. `images` gives, when called, the question's images with their
+    sizes (only answers with boxes call it, so other answers never decode an image).
+    """
+    request = None
     with st.chat_message("assistant"):
         if message.text:
             st.markdown(message.text)
+        view = result_view(message)
+        if view:
+            request = _render_view(message, view, images)
         if message.status == "interrupted":
             st.caption("⏹ Stopped — partial answer")
         elif message.status == "error":
@@ -134,34 +150,85 @@ def render_assistant_message(message: StoredMessage) -> None:
         caption = stats_caption(message.stats)
         if caption:
             st.caption(caption)
+    return request
+
+
+def result_view(message: StoredMessage) -> str | None:
+    """Which structured view an answer gets: its preset's, else what a free answer looks like (or None)."""
+    if message.status == "error" or not message.text:
+        return None
+    if message.preset in STRUCTURED:
+        return message.preset
+    return guess_view(message.text)
+
+
+def _render_view(message: StoredMessage, view: str, images: Callable[[], list[dict]] | None) -> dict | None:
+    stats, options = message.stats or {}, message.options or {}
+    stop_reason = "stopped" if message.status == "interrupted" else stats.get("stop_reason", "eos")
+    args = dict(family=stats.get("model_family", ""), stop_reason=stop_reason, key=f"msg{message.id}",
+                images=images() if images and view == "grounding" else [], schema=options.get("json_schema"))
+    if message.preset in STRUCTURED:
+        return render_result(view, message.text, **args)
+    # A free answer that happens to hold boxes, a page or a table: offer the view without crowding the text.
+    with st.expander(f"{VIEW_LABELS[view]} view", expanded=view == "grounding"):
+        return render_result(view, message.text, **args)
+
+
+VIEW_LABELS = {"grounding": "Boxes", "html": "HTML", "table": "Table"}
+
+
+def result_images(message: StoredMessage, refs: list[ImageRef], offset: int, store: OwnerStore) -> list[dict]:
+    """The question's images for an answer's view: decoded originals and the sizes the model saw them at.
+
+    The answer's stats list every image the model was shown, in conversation order; `offset` is where the
+    question's own images start in that list.
+    """
+    sizes = (message.stats or {}).get("images") or []
+    images = []
+    for i, ref in enumerate(refs):
+        sizing = _sizing_for(sizes, offset + i, ref)
+        if sizing is None:
+            continue  # an answer stored without sizes (failed early): no coordinates to map boxes with
+        images.append({"original_size": tuple(sizing["original_size"]), "input_size": tuple(sizing["input_size"]),
+                       "image": _load_stored(ref, store), "name": ref.name})
+    return images
+
+
+def _sizing_for(sizes: list[dict], index: int, ref: ImageRef) -> dict | None:
+    if index < len(sizes) and tuple(sizes[index]["original_size"]) == ref.size:
+        return sizes[index]
+    # Positions shift if an image could not be read back when the answer was made: match by size instead.
+    return next((s for s in reversed(sizes) if tuple(s["original_size"]) == ref.size), None)
+
+
+def _load_stored(ref: ImageRef, store: OwnerStore) -> LoadedImage | None:
+    try:
+        return _decoded.get(ref.sha256, lambda: load_image(store.image_data(ref.sha256) or b"", ref.name))
+    except ImageError:
+        return None
 
 
 def render_conversation(conversation: StoredConversation | None, store: OwnerStore, engine,
-                        options: GenerationOptions) -> None:
-    """Every stored message of the open conversation, in order."""
+                        options: GenerationOptions) -> dict | None:
+    """Every stored message of the open conversation, in order; return a zoom-in request made on this run."""
     if conversation is None:
         st.caption("Paste a screenshot (Ctrl+V in the box below), drop or attach images, pick a task or "
                    "type a question.")
-        return
+        return None
+    shown = 0  # images the model has been shown so far, in order (what each answer's stats list)
+    question: tuple[list[ImageRef], int] = ([], 0)
+    request = None
     for message in conversation.messages:
         if message.role == "user":
             render_user_message(message, store, engine, options)
+            if message.images:
+                question = (message.images, shown)
+                shown += len(message.images)
         else:
-            render_assistant_message(message)
-
-
-def _use_preset(key: str) -> None:
-    st.session_state[CHAT_KEY] = preset_prompt(key)
-    st.session_state["active_preset"] = key
-    set_decoding(PRESETS[key].precise)
-
-
-def render_presets() -> None:
-    """One button per task preset; a click puts its prompt in the chat box to edit or send."""
-    columns = st.columns(len(PRESETS))
-    for column, preset in zip(columns, PRESETS.values()):
-        column.button(preset.label, key=f"preset_{preset.key}", on_click=_use_preset, args=(preset.key,),
-                      width="stretch")
+            zoom = render_assistant_message(
+                message, lambda m=message, q=question: result_images(m, q[0], q[1], store))
+            request = request or zoom
+    return request
 
 
 def chat_input():
@@ -201,24 +268,63 @@ def build_turns(conversation: StoredConversation, store: OwnerStore) -> list[Tur
     return turns
 
 
+def show_held_images() -> None:
+    """Name the images kept from a question that could not be sent; they go with the next one."""
+    held = st.session_state.get(HELD_KEY)
+    if held:
+        st.caption("📎 Kept from your last try, sent with your next question: " + ", ".join(h.name for h in held))
+
+
+def _refuse(message: str, text: str, images: list[NewImage]) -> None:
+    flash("error", message)
+    st.session_state["restore_text"] = text
+    if images:
+        st.session_state[HELD_KEY] = images  # attachments cannot be put back in the chat box: keep them here
+    st.rerun()
+
+
 def ask(submission, engine, store: OwnerStore, options: GenerationOptions, area) -> None:
     """Save the user's turn, stream the answer into `area`, save the answer, and rerun the page."""
     text = (submission.text or "").strip()
+    held = st.session_state.pop(HELD_KEY, [])
     images, problems = read_attachments(submission.files or [])
     if problems:
-        flash("error", "Not sent — " + "; ".join(problems) + ". Your question is back in the box; attach "
-              "valid images and send again.")
-        st.session_state["restore_text"] = text
-        st.rerun()
-    preset = st.session_state.pop("active_preset", None)
+        _refuse("Not sent — " + "; ".join(problems) + ". Your question is back in the box; attach valid images "
+                "and send again.", text, held)
+    images = held + images
+    preset = st.session_state.get(tasks.PRESET_KEY)
     if not text and images:
         text, preset = preset_prompt("describe"), preset or "describe"
     if not text:
         flash("warning", "Type a question or attach an image.")
         st.rerun()
+    if preset == "json":
+        try:
+            schema = tasks.chosen_schema()
+        except VlassistError as exc:
+            _refuse(f"Not sent — the JSON shape cannot be used: {exc}. Fix it under the presets and send "
+                    "again; your question and images are kept.", text, images)
+        options, text = replace(options, json_schema=schema), tasks.json_question(text, schema)
+    st.session_state.pop(tasks.PRESET_KEY, None)
+    send(text, images, preset, engine, store, options, area)
+
+
+def ask_zoom(request: dict, engine, store: OwnerStore, options: GenerationOptions, area) -> None:
+    """Ask about a zoomed-in region as a follow-up turn: its full-resolution crop attached as a new image."""
+    buf = io.BytesIO()
+    request["image"].save(buf, "PNG")  # lossless, so the model reads the region exactly as the original shows it
+    data = buf.getvalue()
+    label = re.sub(r"[^\w-]+", "-", request["box"].label or "").strip("-")[:40] or "region"
+    name = f"zoom-{label}.png"
+    send(request["prompt"], [NewImage(data, load_image(data, name), name)], None, engine, store,
+         replace(options, json_schema=None), area)
+
+
+def send(text: str, images: list[NewImage], preset: str | None, engine, store: OwnerStore,
+         options: GenerationOptions, area) -> None:
+    """Store the question, stream and store its answer into `area` (a new conversation if none is open), rerun."""
     for new in images:
         _decoded.put(new.loaded)
-
     conversation_id = st.session_state.get(CONVERSATION_KEY)
     if conversation_id is None or store.get_conversation(conversation_id) is None:
         conversation_id = store.create_conversation(make_title(text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import streamlit as st
@@ -11,10 +12,13 @@ import streamlit.components.v1 as components
 from ..annotate import boxes_coco, boxes_csv, boxes_json, crop_box, draw_boxes
 from ..html_preview import preview_document
 from ..parsing import Box, extract_html, extract_json, flatten, parse_boxes
-from ..tables import Table, json_table, parse_table
+from ..tables import Table, json_table, parse_markdown_tables, parse_table
 
 CUT_MESSAGE = ("The answer was cut by the length limit before it was complete, so it is not shown as a result. "
                "Raise the answer length and ask again.")
+STOPPED_MESSAGE = "The answer was stopped before the JSON was complete, so it is not shown as a result."
+_BOX_MARKERS = re.compile(r'"(?:bbox_2d|point_2d)"|<\|box_start\|>')
+_HTML_FENCE = re.compile(r"```\s*html\b", re.I)
 
 
 def render_result(preset_key: str | None, text: str, *, family: str, images: list[dict], stop_reason: str,
@@ -42,10 +46,21 @@ def render_result(preset_key: str | None, text: str, *, family: str, images: lis
     return None
 
 
+def guess_view(text: str) -> str | None:
+    """The view a free answer lends itself to: "grounding" (boxes), "html" (a fenced page), "table" or None."""
+    if _BOX_MARKERS.search(text):
+        return "grounding"
+    if _HTML_FENCE.search(text):
+        return "html"
+    if parse_markdown_tables(text):
+        return "table"
+    return None
+
+
 def render_json(text: str, *, stop_reason: str, key: str, schema: dict | str | None = None) -> None:
     """The JSON answer as a field/value table with JSON and CSV downloads; cut or broken answers say so."""
-    if stop_reason == "length":
-        st.warning(CUT_MESSAGE, icon="✂️")
+    if stop_reason in ("length", "stopped"):
+        st.warning(CUT_MESSAGE if stop_reason == "length" else STOPPED_MESSAGE, icon="✂️")
         return
     result = extract_json(text, schema)
     if result is None:

@@ -9,11 +9,12 @@ import streamlit as st
 from .. import export
 from ..history import OwnerStore, StoredConversation
 from .chat import CONVERSATION_KEY
+from .tasks import PRESET_KEY
 
 
 def _open(conversation_id: int | None) -> None:
     st.session_state[CONVERSATION_KEY] = conversation_id
-    st.session_state.pop("active_preset", None)
+    st.session_state.pop(PRESET_KEY, None)
 
 
 def _when(ts: float) -> str:

@@ -1,0 +1,103 @@
+"""Task presets and their small controls: the JSON shape for extraction and what "Find objects" looks for."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from ..errors import VlassistError
+from ..prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
+from ..schemas import TEMPLATES, fields_schema, load_schema, template_schema
+from .settings_panel import set_decoding
+
+CHAT_KEY = "chat_input"
+PRESET_KEY = "active_preset"
+JSON_SOURCES = {"fields": "Name fields", "template": "Template", "schema": "Paste JSON Schema"}
+# Widget values kept across reruns even while their widget is hidden (another source chosen).
+_KEPT = ("json_source", "json_fields", "json_template", "json_schema_text", "grounding_target")
+
+
+def _use_preset(key: str, family: str) -> None:
+    st.session_state[CHAT_KEY] = task_prompt(key, family, st.session_state.get("grounding_target") or "object")
+    st.session_state[PRESET_KEY] = key
+    set_decoding(PRESETS[key].precise)
+
+
+def render_presets(family: str) -> None:
+    """One button per task preset; a click puts its prompt (in this model family's phrasing) in the chat box."""
+    columns = st.columns(len(PRESETS))
+    for column, preset in zip(columns, PRESETS.values()):
+        column.button(preset.label, key=f"preset_{preset.key}", on_click=_use_preset, args=(preset.key, family),
+                      width="stretch")
+
+
+def render_task_options(family: str) -> None:
+    """Under the presets, the control the chosen preset needs: the JSON shape, or what to find."""
+    for key in _KEPT:
+        if key in st.session_state:
+            # Re-assigning turns a widget's value into plain session state, so hiding the widget keeps it.
+            st.session_state[key] = st.session_state[key]
+    preset = st.session_state.get(PRESET_KEY)
+    if preset == "json":
+        render_json_options()
+    elif preset == "grounding":
+        st.text_input("What to find", key="grounding_target", placeholder="e.g. gauge, red button, person",
+                      on_change=_retarget, args=(family,),
+                      help="Rewrites the prompt in the phrasing this model family was trained on.")
+
+
+def _retarget(family: str) -> None:
+    st.session_state[CHAT_KEY] = grounding_prompt(family, st.session_state.get("grounding_target") or "object")
+
+
+def render_json_options() -> None:
+    """The JSON shape: named fields, a template or a pasted JSON Schema; a bad schema is reported at once."""
+    st.session_state.setdefault("json_source", "fields")
+    left, right = st.columns([1, 2])
+    source = left.radio("JSON shape", list(JSON_SOURCES), format_func=JSON_SOURCES.get, key="json_source")
+    with right:
+        if source == "fields":
+            st.text_input("Fields (name or name:type, comma separated)", key="json_fields",
+                          placeholder="vendor, date:date, total:number, items:list",
+                          help="Types: string, number, integer, boolean, date, list. Leave empty to let the "
+                               "model choose the keys (then the answer is not constrained).")
+        elif source == "template":
+            st.session_state.setdefault("json_template", next(iter(TEMPLATES)))
+            st.selectbox("Template", list(TEMPLATES), format_func=lambda k: TEMPLATES[k][0], key="json_template")
+        else:
+            st.text_area("JSON Schema", key="json_schema_text", height=160,
+                         placeholder='{"type": "object", "properties": {"total": {"type": "number"}}}')
+        try:
+            schema = chosen_schema()
+        except VlassistError as exc:
+            st.error(f"This JSON shape cannot be used: {exc}", icon="⚠️")
+            return
+        if schema:
+            st.caption(f"The answer will be one JSON document valid against this schema "
+                       f"({len(json.loads(schema).get('properties', {}))} top-level fields).")
+
+
+def chosen_schema() -> str | None:
+    """The JSON Schema text the JSON controls describe (None: unconstrained); VlassistError when unusable."""
+    source = st.session_state.get("json_source", "fields")
+    if source == "template":
+        schema = template_schema(st.session_state.get("json_template") or next(iter(TEMPLATES)))
+    elif source == "schema":
+        raw = (st.session_state.get("json_schema_text") or "").strip()
+        if not raw:
+            raise VlassistError("paste a JSON Schema, or choose fields or a template")
+        schema = load_schema(raw)
+    else:
+        fields = (st.session_state.get("json_fields") or "").strip()
+        if not fields:
+            return None
+        schema = fields_schema(fields)
+    return json.dumps(schema, ensure_ascii=False)
+
+
+def json_question(text: str, schema: str | None) -> str:
+    """The question to send: the preset's prompt becomes the schema-bearing prompt; edited text is kept."""
+    if schema and text.strip() == PRESETS["json"].prompt:
+        return json_schema_prompt(schema)
+    return text
