@@ -155,3 +155,30 @@ def test_sampled_answers_with_reuse_match_with_a_seed(engine25):
     fresh = engine25.stream(turns, sample).consume()
     reused = engine25.stream(turns, sample)
     assert reused.consume() == fresh and reused.stats.reused_tokens > 0
+
+
+def test_encoding_matches_the_processor(engine):
+    """The engine's prompt encoding (with processed images kept per image) equals the stock processor's output."""
+    turns = [Turn("user", "one", [_img()]), Turn("assistant", "ok"),
+             Turn("user", "two", [_img((128, 96), (0, 0, 200)), _img()])]
+    for _ in range(2):  # second time from the kept images
+        inputs, sizings = engine.encode(turns, CACHED)
+        messages = [{"role": t.role, "content": [{"type": "image"} for _ in t.images] + [{"type": "text",
+                                                                                      "text": t.text}]}
+                    for t in turns]
+        text = engine.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        pixels = [engine.processor.image_processor(
+            images=[im.image.resize(s.input_size)], return_tensors="pt",
+            size={"shortest_edge": min(engine.info.min_pixels, s.input_size[0] * s.input_size[1]),
+                  "longest_edge": s.input_size[0] * s.input_size[1]}) for im, s in zip(_all_images(turns), sizings)]
+        ref = engine.processor(text=[text], images=[im.image.resize(s.input_size)
+                                                    for im, s in zip(_all_images(turns), sizings)],
+                               size={"shortest_edge": engine.info.min_pixels, "longest_edge": 10**7},
+                               return_tensors="pt")
+        for key in ("input_ids", "mm_token_type_ids", "image_grid_thw"):
+            assert torch.equal(inputs[key].cpu(), ref[key]), key
+        assert torch.equal(inputs["pixel_values"].cpu(), torch.cat([p["pixel_values"] for p in pixels]))
+
+
+def _all_images(turns):
+    return [image for turn in turns for image in turn.images]

@@ -58,6 +58,20 @@ def cache_layers(cache, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers]
 
 
+class MinNewTokens:
+    """Forbids the end-of-answer tokens until `count` answer tokens exist (benchmarks force lengths with it)."""
+
+    def __init__(self, prompt_len: int, count: int, eos_ids):
+        self.until = prompt_len + count
+        self.eos = sorted(eos_ids)
+
+    def __call__(self, sequence, scores):
+        if sequence.shape[1] < self.until:
+            scores = scores.clone()
+            scores[:, self.eos] = float("-inf")
+        return scores
+
+
 def choose(scores: torch.Tensor, sequence: torch.Tensor, processors, greedy: bool) -> torch.Tensor:
     """The next token (1,) from last-position scores (1, V), after the logits processors saw the sequence so far."""
     for processor in processors:

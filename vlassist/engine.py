@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+from collections import OrderedDict
 import threading
 import time
 from typing import Callable, Iterator, Sequence
@@ -17,12 +18,15 @@ from .loader import ModelInfo, load
 import torch  # noqa: E402
 import numpy as np  # noqa: E402
 from transformers import (  # noqa: E402
-    LogitsProcessorList, MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
+    LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
     StoppingCriteriaList, TemperatureLogitsWarper, TextIteratorStreamer, TopPLogitsWarper)
 
-from .decode import cache_layers, choose, decode_step, new_cache, prefill, rope_positions, step_positions  # noqa
+from .decode import MinNewTokens, cache_layers, choose, decode_step, new_cache, prefill, rope_positions, step_positions  # noqa
 from .fastdecode import build_decoder  # noqa: E402
 from .kvcache import PrefixStore, fingerprint, image_key  # noqa: E402
+
+
+PIXEL_MEMO_IMAGES = 4  # processed images kept for follow-ups (~50 MB each at 1920x1080)
 
 
 class GenerationError(VlassistError):
@@ -69,6 +73,7 @@ class Engine:
         self.fast = None  # a StaticDecoder once load_engine has warmed one up; None decodes eagerly
         self._image_token = model.config.image_token_id
         self._merge = model.config.vision_config.spatial_merge_size
+        self._pixel_memo: OrderedDict = OrderedDict()  # (sha256, input size) -> (pixel rows, grid) on the device
 
     @property
     def busy(self) -> bool:
@@ -109,14 +114,43 @@ class Engine:
             parts = [{"type": "image"} for _ in turn.images]
             messages.append({"role": "user", "content": parts + [{"type": "text", "text": turn.text}]})
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        kwargs = {}
-        if pixels:
-            # Images arrive already at their planned size; this range makes the processor keep it exactly.
-            longest = max(w * h for w, h in (s.input_size for s in sizings))
-            kwargs = {"images": pixels, "size": {"shortest_edge": min(self.info.min_pixels, longest),
-                                                 "longest_edge": longest}}
-        inputs = self.processor(text=[text], return_tensors="pt", **kwargs)
-        return inputs.to(self.model.device), sizings
+        pad = self.processor.image_token
+        pieces = text.split(pad)
+        if len(pieces) != len(pixels) + 1:
+            raise VlassistError("the chat template placed a different number of images than were given")
+        pixel_rows, grids = [], []
+        for image, sizing in zip(_images(turns), sizings):
+            rows, grid = self._pixels(image, sizing)
+            pixel_rows.append(rows)
+            grids.append(grid)
+        # The processor's own expansion: each placeholder becomes one token per merged patch.
+        expanded = pieces[0] + "".join(pad * int(g.prod() // self._merge**2) + piece
+                                       for g, piece in zip(grids, pieces[1:]))
+        inputs = self.processor.tokenizer([expanded], return_tensors="pt").to(self.model.device)
+        inputs["mm_token_type_ids"] = (inputs["input_ids"] == self._image_token).long()
+        if pixel_rows:
+            inputs["pixel_values"] = torch.cat(pixel_rows)  # (patches, C*T*P*P), already on the device
+            inputs["image_grid_thw"] = torch.cat(grids)  # (images, 3)
+        return inputs, sizings
+
+    def _pixels(self, image: LoadedImage, sizing: Sizing):
+        """One image's pixel_values rows and grid (1, 3), on the device; the last few images are kept.
+
+        A follow-up question about the same picture then skips resizing and normalising it again.
+        """
+        key = (image.sha256, sizing.input_size)
+        if key in self._pixel_memo:
+            self._pixel_memo.move_to_end(key)
+            return self._pixel_memo[key]
+        area = sizing.input_size[0] * sizing.input_size[1]
+        # The image arrives at its planned size; this range makes the processor keep it exactly.
+        out = self.processor.image_processor(
+            images=[resize_for_model(image.image, sizing)], return_tensors="pt",
+            size={"shortest_edge": min(self.info.min_pixels, area), "longest_edge": area})
+        self._pixel_memo[key] = (out["pixel_values"].to(self.model.device), out["image_grid_thw"].to(self.model.device))
+        while len(self._pixel_memo) > PIXEL_MEMO_IMAGES:
+            self._pixel_memo.popitem(last=False)
+        return self._pixel_memo[key]
 
     def stream(
         self,
@@ -200,7 +234,7 @@ class Engine:
         eos = sorted(self.eos_ids)
         chain: list = []
         if options.min_new_tokens:
-            chain.append(MinNewTokensLengthLogitsProcessor(prompt_len, options.min_new_tokens, eos))
+            chain.append(MinNewTokens(prompt_len, options.min_new_tokens, eos))
         if not options.precise:
             if options.repetition_penalty != 1.0:
                 chain.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))

@@ -44,9 +44,10 @@ class StaticDecoder:
 
     def start(self, cache, length: int) -> None:
         """Copy the first `length` tokens of a prefilled cache into the buffers."""
-        for mine, theirs in zip(self.cache.layers, cache.layers):
+        for mine, theirs in zip(self.cache.layers, cache.layers if length else []):
             mine.keys[:, :, :length].copy_(theirs.keys[:, :, :length])  # (1, kv_heads, length, head_dim)
             mine.values[:, :, :length].copy_(theirs.values[:, :, :length])
+        for mine in self.cache.layers:
             mine.cumulative_length.fill_(length)
         self.mask.zero_()
         self.mask[..., :length] = True

@@ -1,0 +1,277 @@
+"""Benchmark the engine against plain transformers generate() in the same run: prints a table, writes JSON.
+
+On a GPU it builds the real Qwen2.5-VL-7B architecture at random weights in bf16 (or loads --model when real
+weights are present); --tiny runs the same measurements on the tiny checkpoint, e.g. on a CPU, to check the
+script itself.
+
+    python scripts/bench.py --out bench.json                 # GPU, 7B architecture, 24 GB cap
+    python scripts/bench.py --tiny --tokens 16 --out t.json  # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vlassist import offline  # noqa: F401,E402
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vlassist.config import load_settings  # noqa: E402
+from vlassist.conversation import GenerationOptions, Turn  # noqa: E402
+from vlassist.engine import Engine, load_engine  # noqa: E402
+from vlassist.fastdecode import build_decoder  # noqa: E402
+from vlassist.images import load_image  # noqa: E402
+from vlassist.loader import ModelInfo, _chat_template, _image_only_processor  # noqa: E402
+
+SIZES = {"448x448": (448, 448), "1024x1024": (1024, 1024), "1920x1080": (1920, 1080)}
+SIZES_7B = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                intermediate_size=18944, vocab_size=152064)
+
+
+def _tiny_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_tiny_model", ROOT / "scripts" / "make_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build(Path(tempfile.mkdtemp()) / "tiny", "qwen2_5_vl")
+
+
+def _processor(folder: Path):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    images = AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+    return _image_only_processor("qwen2_5_vl", images, tokenizer, _chat_template(folder, tokenizer))
+
+
+def random_7b(tiny: Path, device: str):
+    """The real Qwen2.5-VL-7B architecture at random bf16 weights, with the tiny checkpoint's special-token ids."""
+    from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    small = AutoConfig.from_pretrained(tiny)
+    ids = {k: getattr(small, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                          "vision_end_token_id")}
+    text = small.text_config
+    config = Qwen2_5_VLConfig(
+        text_config=dict(SIZES_7B, max_position_embeddings=128000, bos_token_id=text.bos_token_id,
+                         eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                          "mrope_section": [16, 24, 24]}),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                           window_size=112, fullatt_block_indexes=[7, 15, 23, 31], patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2),
+        **ids)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16,
+                                                                attn_implementation="sdpa")
+    with torch.no_grad():  # small weights keep bf16 activations finite through 28 layers
+        for p in model.parameters():
+            p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0 if p.dim() == 1 and p.shape[0] > 1 else 0.0)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+    model.generation_config.eos_token_id = [text.eos_token_id]
+    model.generation_config.pad_token_id = text.pad_token_id
+    return model.eval()
+
+
+def _image(size, seed):
+    gen = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(size[1], size[0], 3, generator=gen) * 255).to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return load_image(buf.getvalue())
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def answer(engine, turns, options):
+    """One answer: (text, stats dict)."""
+    _sync()
+    reply = engine.stream(turns, options)
+    text = reply.consume()
+    _sync()
+    return text, reply.stats
+
+
+def measure(engine, image, tokens, use_cache, repeats):
+    """Median first-question TTFT, follow-up TTFT and decode tok/s for one image."""
+    options = GenerationOptions(max_new_tokens=tokens, min_new_tokens=tokens, max_image_tokens=16384,
+                                use_cache=use_cache)
+    runs = []
+    for _ in range(repeats):
+        engine.prefixes.clear()
+        first = [Turn("user", "Describe this screenshot in detail.", [image])]
+        text, s1 = answer(engine, first, options)
+        follow = first + [Turn("assistant", text), Turn("user", "What is in the top left corner?")]
+        _, s2 = answer(engine, follow, options)
+        runs.append((s1, s2))
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    return {
+        "prompt_tokens": runs[0][0].prompt_tokens, "visual_tokens": runs[0][0].visual_tokens,
+        "ttft_ms": 1000 * med([a.ttft_s for a, _ in runs]),
+        "followup_ttft_ms": 1000 * med([b.ttft_s for _, b in runs]),
+        "followup_prompt_tokens": runs[0][1].prompt_tokens, "followup_reused_tokens": runs[0][1].reused_tokens,
+        "decode_tok_s": med([a.tokens_per_s for a, _ in runs]),
+        "followup_decode_tok_s": med([b.tokens_per_s for _, b in runs]),
+        "new_tokens": runs[0][0].new_tokens,
+    }
+
+
+def peak_memory(engine, image, tokens, use_cache):
+    """Peak GiB allocated while answering `tokens` tokens about `image` (GPU only)."""
+    if not torch.cuda.is_available():
+        return None
+    engine.prefixes.clear()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    options = GenerationOptions(max_new_tokens=tokens, min_new_tokens=tokens, max_image_tokens=16384,
+                                use_cache=use_cache)
+    answer(engine, [Turn("user", "Read all the text.", [image])], options)
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def profile_prefill_and_step(engine, image, out_dir: Path | None):
+    """Top CUDA kernels of one first-question prefill and of decode, as text tables."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tables = {}
+    for name, tokens in (("prefill_1024", 1), ("decode_32", 33)):
+        engine.prefixes.clear()
+        options = GenerationOptions(max_new_tokens=tokens, min_new_tokens=tokens, max_image_tokens=16384)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            answer(engine, [Turn("user", "Describe.", [image])], options)
+        tables[name] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+    if out_dir:
+        for name, table in tables.items():
+            (out_dir / f"profile_{name}.txt").write_text(table)
+    return tables
+
+
+def vision_ms(engine, image):
+    """Milliseconds for the vision tower alone on one image (median of 3)."""
+    options = GenerationOptions(max_image_tokens=16384)
+    inputs, _ = engine.encode([Turn("user", "x", [image])], options)
+    times = []
+    with torch.inference_mode():
+        for _ in range(4):
+            _sync()
+            t = time.perf_counter()
+            engine.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            _sync()
+            times.append(1000 * (time.perf_counter() - t))
+    return statistics.median(times[1:])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny checkpoint instead of the 7B architecture")
+    parser.add_argument("--model", help="a real checkpoint folder (instead of random weights)")
+    parser.add_argument("--tokens", type=int, default=256, help="forced answer length")
+    parser.add_argument("--long-tokens", type=int, default=1024, help="answer length for the peak-memory run")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory cap (emulates an RTX 4090)")
+    parser.add_argument("--compile", default="auto", help="VLASSIST_COMPILE for the engine path")
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args(argv)
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    if cuda and args.cap_gb:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb * 2**30 / total))
+    env = {"VLASSIST_DEVICE": "cuda" if cuda else "cpu", "VLASSIST_COMPILE": args.compile,
+           "VLASSIST_DECODE_CONTEXT": "8192", "VLASSIST_MAX_IMAGE_TOKENS": "16384"}
+    started = time.perf_counter()
+    if args.model or args.tiny:
+        folder = Path(args.model) if args.model else _tiny_dir()
+        engine = load_engine(load_settings(dict(env, VLASSIST_MODEL_DIR=str(folder))))
+        weights = "real" if args.model else "tiny random"
+    else:
+        tiny = _tiny_dir()
+        model = random_7b(tiny, "cuda" if cuda else "cpu")
+        _sync()
+        settings = load_settings(dict(env, VLASSIST_MODEL_DIR=str(tiny)))
+        info = ModelInfo(model_dir="random Qwen2.5-VL-7B architecture", family="qwen2_5_vl",
+                         device="cuda" if cuda else "cpu", dtype="bfloat16", attn="sdpa", attn_reason="benchmark",
+                         factor=28, min_pixels=56 * 56, load_s=time.perf_counter() - started,
+                         parameters=sum(p.numel() for p in model.parameters()),
+                         versions={"torch": torch.__version__, "transformers": transformers.__version__})
+        engine = Engine(model, _processor(tiny), info, settings)
+        engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
+            model, settings.compile, settings.decode_context)
+        weights = "random"
+    info = engine.info
+    print(f"loaded in {info.load_s:.1f} s, warm-up {info.warmup_s:.1f} s, decode={info.decode} ({info.decode_reason})",
+          flush=True)
+
+    images = {name: _image(SIZES[name], i) for i, name in enumerate(args.sizes.split(","))}
+    rows = []
+    first_size = next(iter(images))
+    for path, use_cache in (("engine", True), ("generate", False)):
+        answer(engine, [Turn("user", "warm", [images[first_size]])],  # kernels and allocator, off the clock
+               GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384, use_cache=use_cache))
+        for name, image in images.items():
+            row = {"path": path, "image": name, **measure(engine, image, args.tokens, use_cache, args.repeats)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    vision = {name: vision_ms(engine, image) for name, image in images.items()}
+    peak_name = "1920x1080" if "1920x1080" in images else first_size
+    peaks = {path: peak_memory(engine, images[peak_name], args.long_tokens, use_cache)
+             for path, use_cache in (("engine", True), ("generate", False))}
+    tables = profile_prefill_and_step(engine, images.get("1024x1024", images[first_size]),
+                                      Path(args.out).parent) if args.profile else {}
+
+    device = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
+        "weights": weights, "versions": info.versions | {"python": platform.python_version()},
+        "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "decode": info.decode,
+        "decode_reason": info.decode_reason, "load_s": info.load_s, "warmup_s": info.warmup_s,
+        "rows": rows, "vision_ms": vision, "peak_gb": peaks, "peak_image": peak_name,
+        "peak_answer_tokens": args.long_tokens, "profiles": tables,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+    print(f"\n{device} | {weights} weights | torch {torch.__version__} | transformers {transformers.__version__}"
+          f" | decode {info.decode} | load {info.load_s:.1f} s + warm-up {info.warmup_s:.1f} s")
+    print(f"{'image':>10} {'tokens':>6} | {'TTFT ms':>16} | {'follow-up TTFT ms':>18} | {'decode tok/s':>16} |"
+          f" {'vision ms':>9}")
+    print(f"{'':>10} {'':>6} | {'engine  generate':>16} | {'engine  generate':>18} | {'engine  generate':>16} |")
+    for name in images:
+        e = next(r for r in rows if r["path"] == "engine" and r["image"] == name)
+        g = next(r for r in rows if r["path"] == "generate" and r["image"] == name)
+        print(f"{name:>10} {e['prompt_tokens']:>6} | {e['ttft_ms']:7.0f} {g['ttft_ms']:8.0f} |"
+              f" {e['followup_ttft_ms']:8.0f} {g['followup_ttft_ms']:9.0f} |"
+              f" {e['decode_tok_s']:7.1f} {g['decode_tok_s']:8.1f} | {vision[name]:9.0f}")
+        print(f"{'ratio':>17} | {g['ttft_ms'] / e['ttft_ms']:15.2f}x | {g['followup_ttft_ms'] / e['followup_ttft_ms']:17.2f}x |"
+              f" {e['decode_tok_s'] / max(g['decode_tok_s'], 1e-9):15.2f}x |")
+    if peaks["engine"] is not None:
+        print(f"peak GiB ({peak_name}, {args.long_tokens}-token answer): engine {peaks['engine']:.2f},"
+              f" generate {peaks['generate']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
