@@ -15,6 +15,7 @@ from ..conversation import GenerationOptions, Turn
 from ..errors import ImageError, VlassistError
 from ..history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
 from ..images import LoadedImage, load_image
+from ..parsing import ABSOLUTE_FAMILIES, RELATIVE_FAMILIES
 from ..prompts import preset_prompt
 from . import tasks
 from .recording import AnswerRecorder
@@ -25,6 +26,7 @@ CHAT_KEY = tasks.CHAT_KEY
 CONVERSATION_KEY = "conversation_id"
 HELD_KEY = "held_images"
 STRUCTURED = ("json", "grounding", "table", "chart", "html")
+BOX_FAMILIES = RELATIVE_FAMILIES | ABSOLUTE_FAMILIES
 _DECODED_CACHE_SIZE = 16
 
 
@@ -165,6 +167,9 @@ def result_view(message: StoredMessage) -> str | None:
 def _render_view(message: StoredMessage, view: str, images: Callable[[], list[dict]] | None) -> dict | None:
     stats, options = message.stats or {}, message.options or {}
     stop_reason = "stopped" if message.status == "interrupted" else stats.get("stop_reason", "eos")
+    if view == "grounding" and stats.get("model_family") not in BOX_FAMILIES:
+        st.caption("Boxes cannot be placed: this answer does not record which model family wrote it.")
+        return None
     args = dict(family=stats.get("model_family", ""), stop_reason=stop_reason, key=f"msg{message.id}",
                 images=images() if images and view == "grounding" else [], schema=options.get("json_schema"))
     if message.preset in STRUCTURED:

@@ -1,0 +1,276 @@
+"""Structured results in the app (AppTest on the tiny checkpoint): JSON shapes, boxes, tables, HTML, zoom-in."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, image_bytes
+from vlassist.annotate import crop_box
+from vlassist.history import History, NewImage
+from vlassist.images import load_image
+from vlassist.parsing import Box, validation_errors
+from vlassist.prompts import PRESETS, grounding_prompt, json_schema_prompt
+from vlassist.schemas import fields_schema, template_schema
+
+APP = str(ROOT / "qwen_vl_app.py")
+# The JSON grammar closes its document within the engine's default answer length; ask with that length.
+JSON_LENGTH = 1024
+PANEL = (1000, 800)  # original size of the stored test image
+PANEL_INPUT = (500, 400)  # the size the model saw it at (Qwen2.5-VL boxes are pixels on this)
+# The same region — x 100..300, y 80..240 in original pixels — in each family's own answer format.
+BOX_ANSWERS = {
+    "qwen2_5_vl": '```json\n[\n\t{"bbox_2d": [50, 40, 150, 120], "label": "gauge"}\n]\n```',
+    "qwen3_vl": '```json\n[\n\t{"bbox_2d": [100, 100, 300, 300], "label": "压力表"}\n]\n```',
+    "qwen2_vl": "<|object_ref_start|>gauge<|object_ref_end|><|box_start|>(100,100),(300,300)<|box_end|>",
+}
+
+
+def _env(monkeypatch, tmp_path, model_dir):
+    monkeypatch.setenv("VLASSIST_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
+    monkeypatch.setenv("VLASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VLASSIST_STREAM_TIMEOUT_S", "60")
+    monkeypatch.delenv("VLASSIST_USER_HEADER", raising=False)
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path, tiny_qwen25):
+    """The app on the tiny Qwen2.5-VL checkpoint with a fresh data folder."""
+    return _env(monkeypatch, tmp_path, tiny_qwen25)
+
+
+@pytest.fixture
+def app_env3(monkeypatch, tmp_path, tiny_qwen3):
+    """The app on the tiny Qwen3-VL checkpoint with a fresh data folder."""
+    return _env(monkeypatch, tmp_path, tiny_qwen3)
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def ask(at: AppTest, question: str, *files: tuple[str, bytes, str], length: int = 128) -> AppTest:
+    at.select_slider(key="opt_max_new_tokens").set_value(length)
+    box = at.chat_input(key="chat_input").set_value(question)
+    for name, data, mime in files:
+        box.upload(name, data, mime)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def stored(data_dir):
+    history = History.open(data_dir)
+    store = history.for_owner("local")
+    conversations = [store.get_conversation(c.id) for c in store.list_conversations()]
+    history.close()
+    return conversations
+
+
+def panel_png() -> bytes:
+    """A 1000×800 gradient, so a crop's pixels show where it was taken from."""
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize(PANEL).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def insert_answer(data_dir, text: str, *, preset: str | None, family: str = "qwen2_5_vl", status="complete",
+                  options: dict | None = None, image: bytes | None = None) -> tuple[int, int]:
+    """Store a question about the panel image and a fixed answer to it; return (conversation id, answer id)."""
+    data = image or panel_png()
+    loaded = load_image(data, "panel.png")
+    history = History.open(data_dir)
+    store = history.for_owner("local")
+    conversation = store.create_conversation("fixed answer")
+    store.add_user_message(conversation, "question", [NewImage(data, loaded, "panel.png")])
+    stats = {"model_family": family, "stop_reason": "eos", "new_tokens": 20, "prompt_tokens": 300,
+             "visual_tokens": 255, "images": [{"original_size": list(loaded.size),
+                                               "input_size": list(PANEL_INPUT), "visual_tokens": 255}]}
+    answer = store.add_assistant_message(conversation, text, status, preset=preset, options=options or {},
+                                         stats=stats)
+    history.close()
+    return conversation, answer
+
+
+def reopen(conversation_id: int) -> AppTest:
+    at = start()
+    at.button(key=f"open_{conversation_id}").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def downloads(at) -> set[str]:
+    # AppTest exposes download buttons as unknown elements carrying their label; the sidebar has export ones.
+    return {el.proto.label for el in at.main.get("download_button")}
+
+
+# ---- JSON extraction ----
+
+def test_json_fields_answer_is_constrained_stored_and_shown(app_env):
+    """Named fields constrain the answer: it parses, validates, keeps its schema, and shows a table and downloads."""
+    at = start()
+    at.button(key="preset_json").click().run()
+    at.text_input(key="json_fields").input("vendor, total:number, paid:boolean").run()
+    ask(at, PRESETS["json"].prompt, ("invoice.png", image_bytes((120, 80)), "image/png"), length=JSON_LENGTH)
+    [conversation] = stored(app_env)
+    question, answer = conversation.messages
+    schema = json.dumps(fields_schema("vendor, total:number, paid:boolean"))
+    assert answer.options["json_schema"] == schema and question.text == json_schema_prompt(schema)
+    assert validation_errors(json.loads(answer.text), schema) == ()
+    assert answer.stats["stop_reason"] == "eos"
+    assert len(at.chat_message[1].dataframe) == 1
+    assert downloads(at) >= {"Download JSON", "Download CSV"}
+
+
+def test_json_template_answer_validates_on_qwen3(app_env3):
+    """A template (meter panel) constrains a Qwen3-VL answer to JSON valid against that template."""
+    at = start()
+    at.button(key="preset_json").click().run()
+    at.radio(key="json_source").set_value("template").run()
+    at.selectbox(key="json_template").set_value("meter").run()
+    ask(at, PRESETS["json"].prompt, ("meter.png", image_bytes((96, 96)), "image/png"), length=JSON_LENGTH)
+    [conversation] = stored(app_env3)
+    answer = conversation.messages[-1]
+    assert json.loads(answer.options["json_schema"]) == template_schema("meter")
+    assert validation_errors(json.loads(answer.text), template_schema("meter")) == ()
+
+
+def test_invalid_pasted_schema_is_reported_under_the_control(app_env):
+    """A pasted schema that is not JSON is reported at once, before anything is sent."""
+    at = start()
+    at.button(key="preset_json").click().run()
+    at.radio(key="json_source").set_value("schema").run()
+    at.text_area(key="json_schema_text").input('{"type": "object", "properties": ').run()
+    assert any("not valid JSON" in e.value for e in at.error)
+
+
+def test_sending_with_invalid_schema_stores_nothing_and_keeps_everything(app_env):
+    """Sending under a bad schema stores nothing; the question, the pasted schema and the image are kept."""
+    at = start()
+    at.button(key="preset_json").click().run()
+    at.radio(key="json_source").set_value("schema").run()
+    at.text_area(key="json_schema_text").input('{"type": "objekt"}').run()
+    ask(at, "Read the panel", ("panel.png", image_bytes(), "image/png"))
+    assert stored(app_env) == []
+    assert any("Not sent" in e.value for e in at.error)
+    assert at.chat_input(key="chat_input").value == "Read the panel"
+    assert at.text_area(key="json_schema_text").value == '{"type": "objekt"}'
+    assert any("panel.png" in c.value for c in at.caption)
+
+
+def test_fixed_schema_sends_the_kept_image(app_env):
+    """After a refused send, fixing the schema sends the question with the image kept from the first try."""
+    at = start()
+    at.button(key="preset_json").click().run()
+    at.radio(key="json_source").set_value("schema").run()
+    at.text_area(key="json_schema_text").input("[]").run()
+    ask(at, "Read the panel", ("panel.png", image_bytes(), "image/png"))
+    schema = {"type": "object", "properties": {"reading": {"type": "number"}}, "required": ["reading"]}
+    at.text_area(key="json_schema_text").input(json.dumps(schema)).run()
+    ask(at, "Read the panel", length=JSON_LENGTH)
+    [conversation] = stored(app_env)
+    question, answer = conversation.messages
+    assert [i.name for i in question.images] == ["panel.png"]
+    assert validation_errors(json.loads(answer.text), schema) == ()
+
+
+def test_stored_schema_checks_the_answer_when_reopened(app_env):
+    """An answer is validated against the schema stored with it: a mismatch is reported, not tabled."""
+    schema = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+    conversation, _ = insert_answer(app_env, '{"total": "twelve"}', preset="json",
+                                    options={"json_schema": json.dumps(schema)})
+    at = reopen(conversation)
+    assert any("total" in e.value for e in at.chat_message[1].error)
+    assert len(at.chat_message[1].dataframe) == 0
+
+
+def test_stopped_json_answer_is_not_shown_as_a_result(app_env):
+    """A JSON answer stopped part-way says so and shows no table or download."""
+    conversation, _ = insert_answer(app_env, '{"vendor": "ACME", "total": 1', preset="json", status="interrupted")
+    at = reopen(conversation)
+    assert any("stopped" in w.value for w in at.chat_message[1].warning)
+    assert len(at.chat_message[1].dataframe) == 0 and not downloads(at)
+
+
+# ---- grounding ----
+
+@pytest.mark.parametrize("family_env", ["app_env", "app_env3"])
+def test_find_objects_preset_asks_in_the_family_format(family_env, request):
+    """"Find objects" fills in the prompt of the loaded family and rewrites it for what the user wants found."""
+    request.getfixturevalue(family_env)
+    family = {"app_env": "qwen2_5_vl", "app_env3": "qwen3_vl"}[family_env]
+    at = start()
+    at.button(key="preset_grounding").click().run()
+    assert at.chat_input(key="chat_input").value == grounding_prompt(family, "object")
+    at.text_input(key="grounding_target").input("pressure gauge").run()
+    assert at.chat_input(key="chat_input").value == grounding_prompt(family, "pressure gauge")
+
+
+@pytest.mark.parametrize("family", list(BOX_ANSWERS))
+def test_boxes_answer_from_history_is_drawn_in_original_pixels(app_env, family):
+    """A stored grounding answer in each family's format shows the drawn image and its box in original pixels."""
+    conversation, answer = insert_answer(app_env, BOX_ANSWERS[family], preset="grounding", family=family)
+    at = reopen(conversation)
+    reply = at.chat_message[1]
+    frame = reply.dataframe[0].value
+    assert (frame["x1"][0], frame["y1"][0], frame["x2"][0], frame["y2"][0]) == (100, 80, 300, 240)
+    assert len(reply.image) == 1
+    assert downloads(at) >= {"JSON", "CSV", "COCO"}
+
+
+def test_free_answer_with_boxes_offers_the_boxes_view(app_env):
+    """An answer without the grounding preset that holds boxes still gets the boxes view."""
+    conversation, _ = insert_answer(app_env, BOX_ANSWERS["qwen2_5_vl"], preset=None)
+    at = reopen(conversation)
+    assert len(at.chat_message[1].expander) == 1 and len(at.chat_message[1].dataframe) == 1
+
+
+def test_zoom_in_asks_a_follow_up_with_the_full_resolution_crop(app_env):
+    """Zoom in adds a question with the box's crop of the original as a new image, and its answer."""
+    conversation, answer = insert_answer(app_env, BOX_ANSWERS["qwen2_5_vl"], preset="grounding")
+    at = reopen(conversation)
+    at.select_slider(key="opt_max_new_tokens").set_value(128)
+    at.button(key=f"msg{answer}-zoom").click().run()
+    assert not at.exception, at.exception
+    [stored_conversation] = stored(app_env)
+    assert [m.role for m in stored_conversation.messages] == ["user", "assistant", "user", "assistant"]
+    question, reply = stored_conversation.messages[2:]
+    expected = crop_box(load_image(panel_png()).image, Box("gauge", 100, 80, 300, 240))
+    [ref] = question.images
+    history = History.open(app_env)
+    crop = load_image(history.for_owner("local").image_data(ref.sha256)).image
+    history.close()
+    assert crop.size == expected.size and crop.tobytes() == expected.tobytes()
+    assert reply.status == "complete" and reply.stats["images"][-1]["original_size"] == list(expected.size)
+    assert [m.name for m in at.chat_message] == ["user", "assistant", "user", "assistant"]
+
+
+# ---- tables, charts and HTML ----
+
+@pytest.mark.parametrize("preset", ["table", "chart"])
+def test_table_answer_from_history_is_a_dataframe_with_csv(app_env, preset):
+    """A stored table or chart answer shows as a dataframe with its headers and a CSV download."""
+    text = "| Month | Sales (kEUR) |\n|---|---|\n| Jan | 3.5 |\n| Feb | 5 |"
+    conversation, _ = insert_answer(app_env, text, preset=preset)
+    at = reopen(conversation)
+    frame = at.chat_message[1].dataframe[0].value
+    assert list(frame.columns) == ["Month", "Sales (kEUR)"] and len(frame) == 2
+    assert "Download CSV" in downloads(at)
+
+
+def test_html_answer_from_history_shows_code_preview_and_download(app_env):
+    """A stored UI → HTML answer shows the page as code, a preview frame and a download."""
+    page = '<!DOCTYPE html>\n<html><body><button style="color:red">Log in</button></body></html>'
+    conversation, _ = insert_answer(app_env, f"Here it is:\n```html\n{page}\n```", preset="html")
+    at = reopen(conversation)
+    assert at.chat_message[1].code[0].value == page
+    assert len(at.get("iframe")) == 1
+    assert "Download HTML" in downloads(at)
