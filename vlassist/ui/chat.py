@@ -27,6 +27,7 @@ CONVERSATION_KEY = "conversation_id"
 HELD_KEY = "held_images"
 STRUCTURED = ("json", "grounding", "table", "chart", "html")
 BOX_FAMILIES = RELATIVE_FAMILIES | ABSOLUTE_FAMILIES
+VIEW_LABELS = {"grounding": "Boxes", "html": "HTML", "table": "Table"}  # views a free answer can be given
 _DECODED_CACHE_SIZE = 16
 
 
@@ -177,9 +178,6 @@ def _render_view(message: StoredMessage, view: str, images: Callable[[], list[di
     # A free answer that happens to hold boxes, a page or a table: offer the view without crowding the text.
     with st.expander(f"{VIEW_LABELS[view]} view", expanded=view == "grounding"):
         return render_result(view, message.text, **args)
-
-
-VIEW_LABELS = {"grounding": "Boxes", "html": "HTML", "table": "Table"}
 
 
 def result_images(message: StoredMessage, refs: list[ImageRef], offset: int, store: OwnerStore) -> list[dict]:
