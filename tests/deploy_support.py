@@ -286,7 +286,15 @@ def browser_session(page, url: str, question: str, image: Path | None, timeout_m
         # The attachment chip (with the file name) shows once the upload has reached the server.
         page.get_by_test_id("stChatInput").get_by_text(image.name).first.wait_for(timeout=60_000)
     box.fill(question)
-    box.press("Enter")
+    # Send with the button once it is enabled (it is not while an attachment is still uploading).
+    submit = page.get_by_test_id("stChatInputSubmitButton")
+    deadline = time.monotonic() + 60
+    while not submit.is_enabled():
+        if time.monotonic() > deadline:
+            raise AssertionError("the chat input's send button never became enabled")
+        page.wait_for_timeout(200)
+    submit.click()
+    page.get_by_test_id("stChatMessage").first.wait_for(timeout=timeout_ms)
     # The answer is complete when its stats line ("… N tokens …") is drawn after the rerun.
     try:
         page.locator(ANSWER_DONE).first.wait_for(timeout=timeout_ms)
