@@ -11,7 +11,7 @@ from .errors import ConfigError
 
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
-COMPILE = ("auto", "graph", "static", "off")
+COMPILE = ("auto", "compile", "graph", "static", "off")
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
 
 
