@@ -8,7 +8,12 @@ need=()
 command -v chromium >/dev/null || need+=(chromium chromium-driver)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)  # CJK box labels
+command -v openssl >/dev/null || need+=(openssl)  # test certificate for the nginx TLS tests
+command -v unshare >/dev/null || need+=(util-linux)  # network-namespace tests
+command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/*.service
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The air-gapped install proof (build the wheelhouse, install it with no network, run tests there): about 2 min.
+export VLASSIST_WHEELHOUSE_PROOF=${VLASSIST_WHEELHOUSE_PROOF:-1}
 exec .venv/bin/python -m pytest tests -q -p no:cacheprovider --disable-socket --allow-unix-socket "$@"

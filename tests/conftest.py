@@ -73,3 +73,8 @@ def png_file(tmp_path) -> Path:
     path = tmp_path / "screen.png"
     path.write_bytes(image_bytes((96, 64)))
     return path
+
+
+def pytest_configure(config):
+    """Register the suite's own markers."""
+    config.addinivalue_line("markers", "wheelhouse: the air-gapped install proof (scripts/test.sh runs it; heavy)")
