@@ -82,3 +82,13 @@ def test_bad_schema_is_refused(engine3, text):
     """Text that is not a usable JSON Schema raises SchemaError with a message."""
     with pytest.raises(SchemaError):
         schema_logits_processor(engine3.processor.tokenizer, text, engine3.model.config)
+
+
+def test_engine_seam_closes_json_within_a_short_answer_limit(engine):
+    """Through Engine.stream, a schema answer under a short max_new_tokens still closes and validates."""
+    schema = SCHEMAS["fields"]
+    reply = engine.stream([Turn("user", "Extract the fields as JSON.", [load_image(image_bytes())])],
+                          GenerationOptions(max_new_tokens=112, json_schema=json.dumps(schema)))
+    text = reply.consume()
+    assert reply.stats.stop_reason == "eos", text
+    assert validation_errors(json.loads(text), schema) == ()

@@ -247,7 +247,8 @@ class Engine:
         # Engine-side only: the grammar library works on token ids and logits.
         from .constrained import schema_logits_processor
 
-        return schema_logits_processor(self.processor.tokenizer, options.json_schema, self.model.config)
+        return schema_logits_processor(self.processor.tokenizer, options.json_schema, self.model.config,
+                                       max_new_tokens=options.max_new_tokens)
 
     def _decode(self, inputs, image_keys, options, stop, streamer, stats: Stats) -> torch.Tensor:
         """Prefill what no stored cache covers, then decode token by token; keep the K/V for the next turn."""
