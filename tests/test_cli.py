@@ -90,6 +90,7 @@ def test_info_describes_the_model(tiny_qwen3):
     assert done.returncode == 0, done.stderr
     assert "qwen3_vl" in done.stdout and "cpu (float32)" in done.stdout
     assert "sdpa — " in done.stdout and "GiB" in done.stdout
+    assert "decode:     eager" in done.stdout  # CPU never compiles the decode step
 
 
 def _can_unshare() -> bool:

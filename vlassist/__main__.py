@@ -158,6 +158,7 @@ def cmd_info(args) -> int:
     print(f"family:     {info.family}")
     print(f"device:     {info.device} ({info.dtype})")
     print(f"attention:  {info.attn} — {info.attn_reason}")
+    print(f"decode:     {info.decode} — {info.decode_reason or 'default'} (warm-up {info.warmup_s:.1f} s)")
     print(f"parameters: {info.parameters:,}")
     print(f"load time:  {info.load_s:.1f} s")
     print("memory:     " + ", ".join(f"{k} {v:.2f} GiB" for k, v in engine.memory().items()))
