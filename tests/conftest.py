@@ -78,3 +78,24 @@ def png_file(tmp_path) -> Path:
 def pytest_configure(config):
     """Register the suite's own markers."""
     config.addinivalue_line("markers", "wheelhouse: the air-gapped install proof (scripts/test.sh runs it; heavy)")
+
+
+def use_app_env(monkeypatch, data_dir: Path, model_dir: Path) -> Path:
+    """Point the app at a tiny checkpoint on the CPU and a fresh data folder; return the data folder."""
+    monkeypatch.setenv("VLASSIST_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
+    monkeypatch.setenv("VLASSIST_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("VLASSIST_STREAM_TIMEOUT_S", "60")
+    monkeypatch.delenv("VLASSIST_USER_HEADER", raising=False)
+    return data_dir
+
+
+def stored(data_dir: Path, owner: str = "local") -> list:
+    """Every conversation of one owner as the app stored it, read through a fresh connection."""
+    from vlassist.history import History
+
+    history = History.open(data_dir)
+    store = history.for_owner(owner)
+    conversations = [store.get_conversation(c.id) for c in store.list_conversations()]
+    history.close()
+    return conversations

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, image_bytes
+from conftest import ROOT, image_bytes, stored, use_app_env
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
 from vlassist.history import History, NewImage
@@ -23,12 +23,7 @@ SHORT = 48  # answer length for tests: enough to stream several chunks, quick on
 @pytest.fixture
 def app_env(monkeypatch, tmp_path, tiny_qwen25):
     """Environment for the app: the tiny checkpoint on CPU and a fresh data folder."""
-    monkeypatch.setenv("VLASSIST_MODEL_DIR", str(tiny_qwen25))
-    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
-    monkeypatch.setenv("VLASSIST_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("VLASSIST_STREAM_TIMEOUT_S", "60")
-    monkeypatch.delenv("VLASSIST_USER_HEADER", raising=False)
-    return tmp_path / "data"
+    return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen25)
 
 
 def start() -> AppTest:
@@ -45,14 +40,6 @@ def ask(at: AppTest, question: str, *files: tuple[str, bytes, str]) -> AppTest:
     at.run()
     assert not at.exception, at.exception
     return at
-
-
-def stored(data_dir, owner="local"):
-    history = History.open(data_dir)
-    store = history.for_owner(owner)
-    conversations = [store.get_conversation(c.id) for c in store.list_conversations()]
-    history.close()
-    return conversations
 
 
 def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, image_bytes
+from conftest import ROOT, image_bytes, stored, use_app_env
 from vlassist.annotate import crop_box
 from vlassist.history import History, NewImage
 from vlassist.images import load_image
@@ -30,25 +30,16 @@ BOX_ANSWERS = {
 }
 
 
-def _env(monkeypatch, tmp_path, model_dir):
-    monkeypatch.setenv("VLASSIST_MODEL_DIR", str(model_dir))
-    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
-    monkeypatch.setenv("VLASSIST_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("VLASSIST_STREAM_TIMEOUT_S", "60")
-    monkeypatch.delenv("VLASSIST_USER_HEADER", raising=False)
-    return tmp_path / "data"
-
-
 @pytest.fixture
 def app_env(monkeypatch, tmp_path, tiny_qwen25):
     """The app on the tiny Qwen2.5-VL checkpoint with a fresh data folder."""
-    return _env(monkeypatch, tmp_path, tiny_qwen25)
+    return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen25)
 
 
 @pytest.fixture
 def app_env3(monkeypatch, tmp_path, tiny_qwen3):
     """The app on the tiny Qwen3-VL checkpoint with a fresh data folder."""
-    return _env(monkeypatch, tmp_path, tiny_qwen3)
+    return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen3)
 
 
 def start() -> AppTest:
@@ -65,14 +56,6 @@ def ask(at: AppTest, question: str, *files: tuple[str, bytes, str], length: int 
     at.run()
     assert not at.exception, at.exception
     return at
-
-
-def stored(data_dir):
-    history = History.open(data_dir)
-    store = history.for_owner("local")
-    conversations = [store.get_conversation(c.id) for c in store.list_conversations()]
-    history.close()
-    return conversations
 
 
 def panel_png() -> bytes:
