@@ -14,11 +14,14 @@
 #   --flash-attn SRC       a flash-attn wheel (file or URL) built for this torch, CUDA and Python 3.11;
 #                          without it a prebuilt wheel is looked for on the index and skipped if none exists
 #   --python-version X.Y   target Python (default 3.11)
+#   --glibc 2.N            oldest glibc among the target machines (default 2.28, as torch's wheels need)
+#   --resolve-only         list the wheels that would be downloaded (metadata only, seconds), download nothing
 # Your pip configuration (index mirror, proxy, certificates) is used as is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 variant=cuda dest=offline_pkgs tests=1 torch_index=https://download.pytorch.org/whl/cpu flash_attn="" pyver=3.11
+glibc=2.28 resolve_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --variant) variant=$2; shift 2 ;;
@@ -27,7 +30,9 @@ while [ $# -gt 0 ]; do
     --torch-index) torch_index=$2; shift 2 ;;
     --flash-attn) flash_attn=$2; shift 2 ;;
     --python-version) pyver=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --glibc) glibc=$2; shift 2 ;;
+    --resolve-only) resolve_only=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build_offline_pkgs.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,7 +43,6 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 abi="cp${pyver/./}"
-mkdir -p "$dest"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -54,16 +58,34 @@ fi
 reqs=(-r "$work/requirements.txt")
 [ "$tests" = 1 ] && reqs+=(-r tests/requirements.txt)
 
-# Wheels only, for the target platform, whatever machine this runs on.
-target=(--only-binary=:all: --implementation cp --python-version "$pyver" --abi "$abi" --abi abi3 --abi none
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
-        --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64
-        --platform linux_x86_64)
+# Wheels only, for the target platform, whatever machine this runs on. pip does not widen an explicit
+# --platform to older glibc versions, so every manylinux tag up to the target's glibc is listed.
+target=(--only-binary=:all: --implementation cp --python-version "$pyver" --abi "$abi" --abi abi3 --abi none)
+for ((minor = ${glibc#2.}; minor >= 17; minor--)); do target+=(--platform "manylinux_2_${minor}_x86_64"); done
+target+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 extra=()
 if [ "$variant" = cpu ] && [ "$torch_index" != none ]; then
   extra+=(--extra-index-url "$torch_index")
 fi
 
+if [ "$resolve_only" = 1 ]; then
+  # The same resolution pip download would do, from metadata only.
+  "$PY" -m pip install --disable-pip-version-check --quiet --dry-run --ignore-installed --target "$work/target" \
+    --report "$work/report.json" "${target[@]}" "${extra[@]}" "${reqs[@]}"
+  "$PY" - "$work/report.json" "$variant" <<'PYEOF'
+import json, sys
+report, variant = json.load(open(sys.argv[1])), sys.argv[2]
+wheels = sorted(item["download_info"]["url"].rsplit("/", 1)[-1] for item in report["install"])
+print("\n".join(wheels))
+torch = [w for w in wheels if w.startswith("torch-")]
+if not torch or (variant == "cuda") == ("+cpu" in torch[0]):
+    sys.exit(f"build_offline_pkgs.sh: torch for --variant {variant} resolved to {torch or 'nothing'}")
+print(f"{len(wheels)} wheels would be downloaded ({variant} torch: {torch[0]}).")
+PYEOF
+  exit 0
+fi
+
+mkdir -p "$dest"
 echo "Downloading wheels ($variant torch, Python $pyver, Linux x86-64) into $dest/ ..."
 "$PY" -m pip download --disable-pip-version-check --quiet --dest "$dest" "${target[@]}" "${extra[@]}" "${reqs[@]}"
 
