@@ -10,6 +10,9 @@ fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 if compgen -G "offline_pkgs/*.whl" >/dev/null; then
   PIP+=(--no-index --find-links offline_pkgs)
+  # As scripts/install_offline.sh: these wheels only, whatever index or find-links this machine configures.
+  unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL
+  export PIP_CONFIG_FILE=/dev/null
 fi
 "${PIP[@]}" -r requirements.txt "$@"
 # Flash Attention 2 is optional (SDPA is used without it); it compiles against CUDA, so only on request.

@@ -116,3 +116,17 @@ def test_focused_tests_pass_in_the_offline_venv_without_network(offline_install)
     print(f"\nfocused tests in the offline venv: {seconds:.0f} s: {tests.stdout.strip().splitlines()[-1:]}")
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
     assert re.search(r"\d+ passed", tests.stdout)
+
+
+def test_cuda_wheelhouse_resolves_to_the_cuda_torch_build():
+    """The default (CUDA) wheelhouse resolves, from plain PyPI, to wheels only with PyPI's CUDA torch and its
+    nvidia-* libraries (metadata only: the 3 GB are not downloaded here)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull  # this machine's local CPU wheels must not stand in
+    result, seconds = run(["scripts/build_offline_pkgs.sh", "--resolve-only"], env=env, timeout=900)
+    print(f"\nCUDA wheelhouse resolved in {seconds:.0f} s")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    wheels = [line for line in result.stdout.splitlines() if line.endswith(".whl")]
+    pin = re.search(r"^torch==(\S+)", (ds.ROOT / "requirements.txt").read_text(), flags=re.M).group(1)
+    assert f"torch-{pin}-cp311-cp311-manylinux_2_28_x86_64.whl" in wheels
+    assert any(w.startswith("nvidia_cudnn") for w in wheels)
