@@ -272,7 +272,8 @@ def same_origin(url: str, origin: str) -> bool:
     return f"{scheme}://{parts.netloc}" == origin
 
 
-ANSWER_DONE = "[data-testid='stChatMessage'] >> text=/\\d+ tokens/"
+# The stats line under a finished answer: "first token … · N tokens · prompt P (V visual) · …".
+ANSWER_DONE = re.compile(r"\d+ tokens · prompt \d+")
 
 
 def browser_session(page, url: str, question: str, image: Path | None, timeout_ms: int = 180_000) -> dict:
@@ -296,12 +297,12 @@ def browser_session(page, url: str, question: str, image: Path | None, timeout_m
     submit.click()
     page.get_by_test_id("stChatMessage").first.wait_for(timeout=timeout_ms)
     # The answer is complete when its stats line ("… N tokens …") is drawn after the rerun.
+    done = page.get_by_test_id("stChatMessage").filter(has_text=ANSWER_DONE)
     try:
-        page.locator(ANSWER_DONE).first.wait_for(timeout=timeout_ms)
+        done.first.wait_for(timeout=timeout_ms)
     except Exception as exc:
         raise AssertionError(f"no finished answer on the page; it shows:\n{page.inner_text('body')[:3000]}") from exc
-    messages = page.get_by_test_id("stChatMessage")
-    answer = messages.nth(messages.count() - 1).inner_text()
+    answer = done.last.inner_text()
     page.reload(wait_until="domcontentloaded")
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_role("button").first.wait_for(timeout=timeout_ms)
