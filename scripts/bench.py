@@ -36,6 +36,8 @@ from vlassist.engine import Engine, load_engine  # noqa: E402
 from vlassist.fastdecode import build_decoder  # noqa: E402
 from vlassist.images import load_image  # noqa: E402
 from vlassist.loader import ModelInfo, _chat_template, _image_only_processor  # noqa: E402
+from vlassist import decode as decode_module  # noqa: E402
+from vlassist.vision_attention import use_varlen  # noqa: E402
 
 SIZES = {"448x448": (448, 448), "1024x1024": (1024, 1024), "1920x1080": (1920, 1080)}
 SIZES_7B = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -114,28 +116,90 @@ def answer(engine, turns, options):
     return text, reply.stats
 
 
-def measure(engine, image, tokens, use_cache, repeats):
-    """Median first-question TTFT, follow-up TTFT and decode tok/s for one image."""
+def measure(engine, image, tokens, use_cache, repeats, followup_tokens):
+    """First-question TTFT, follow-up TTFT and decode tok/s for one image: medians, first call, every run."""
     options = GenerationOptions(max_new_tokens=tokens, min_new_tokens=tokens, max_image_tokens=16384,
                                 use_cache=use_cache)
+    short = GenerationOptions(max_new_tokens=followup_tokens, min_new_tokens=followup_tokens,
+                              max_image_tokens=16384, use_cache=use_cache)
     runs = []
     for _ in range(repeats):
         engine.prefixes.clear()
         first = [Turn("user", "Describe this screenshot in detail.", [image])]
         text, s1 = answer(engine, first, options)
         follow = first + [Turn("assistant", text), Turn("user", "What is in the top left corner?")]
-        _, s2 = answer(engine, follow, options)
+        _, s2 = answer(engine, follow, short)  # a follow-up's cost is its time to first token
         runs.append((s1, s2))
     med = lambda xs: statistics.median(xs)  # noqa: E731
     return {
-        "prompt_tokens": runs[0][0].prompt_tokens, "visual_tokens": runs[0][0].visual_tokens,
+        "prompt_tokens": runs[0][0].prompt_tokens, "visual_tokens": runs[0][0].visual_tokens, "repeats": repeats,
         "ttft_ms": 1000 * med([a.ttft_s for a, _ in runs]),
+        "ttft_first_ms": 1000 * runs[0][0].ttft_s,
         "followup_ttft_ms": 1000 * med([b.ttft_s for _, b in runs]),
+        "followup_ttft_first_ms": 1000 * runs[0][1].ttft_s,
         "followup_prompt_tokens": runs[0][1].prompt_tokens, "followup_reused_tokens": runs[0][1].reused_tokens,
         "decode_tok_s": med([a.tokens_per_s for a, _ in runs]),
-        "followup_decode_tok_s": med([b.tokens_per_s for _, b in runs]),
         "new_tokens": runs[0][0].new_tokens,
+        "ttft_all_ms": [round(1000 * a.ttft_s, 2) for a, _ in runs],
+        "followup_ttft_all_ms": [round(1000 * b.ttft_s, 2) for _, b in runs],
+        "decode_all_tok_s": [round(a.tokens_per_s, 2) for a, _ in runs],
     }
+
+
+def cudnn_ab(engine, image, repeats, followup_tokens):
+    """Engine TTFTs (first question, follow-up) with cuDNN SDPA excluded from prefill (default) and allowed."""
+    out = {}
+    default = decode_module.PREFILL_BACKENDS
+    try:
+        for name, backends in (("without_cudnn", default), ("pytorch_default", None)):
+            decode_module.PREFILL_BACKENDS = backends
+            out[name] = measure(engine, image, followup_tokens, True, repeats, followup_tokens)
+    finally:
+        decode_module.PREFILL_BACKENDS = default
+    return {k: {f: v[f] for f in ("ttft_ms", "ttft_first_ms", "followup_ttft_ms", "followup_ttft_first_ms",
+                                   "ttft_all_ms", "followup_ttft_all_ms")} for k, v in out.items()}
+
+
+def preprocessing_ms(engine, image):
+    """Host-side processor (PIL backend) vs device-side patchify, ms for one image (median of 3)."""
+    from vlassist.images import resize_for_model
+    from vlassist.pixels import patchify
+
+    sizing = engine.plan(image, GenerationOptions(max_image_tokens=16384))
+    resized = resize_for_model(image.image, sizing)
+    area = sizing.input_size[0] * sizing.input_size[1]
+    proc = engine.processor.image_processor
+    times = {"processor_to_device": [], "device_patchify": []}
+    for _ in range(4):
+        _sync()
+        t = time.perf_counter()
+        out = proc(images=[resized], return_tensors="pt",
+                   size={"shortest_edge": min(engine.info.min_pixels, area), "longest_edge": area})
+        ref = out["pixel_values"].to(engine.model.device)
+        _sync()
+        times["processor_to_device"].append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        rows, _ = patchify(resized, proc, engine.model.device)
+        _sync()
+        times["device_patchify"].append(1000 * (time.perf_counter() - t))
+    result = {k: statistics.median(v[1:]) for k, v in times.items()}
+    result["identical"] = bool(torch.equal(rows, ref))
+    return result
+
+
+def decode_mode_compare(engine, image, tokens, repeats, mode):
+    """Decode tok/s with another decoder mode (e.g. graph without compile), then the original decoder back."""
+    original = engine.fast
+    try:
+        decoder, got, why, warm = build_decoder(engine.model, mode, engine.settings.decode_context)
+        if got != mode:
+            return {"mode": got, "reason": why}
+        engine.fast = decoder
+        row = measure(engine, image, tokens, True, repeats, 4)
+        return {"mode": mode, "warmup_s": warm, "decode_tok_s": row["decode_tok_s"],
+                "decode_all_tok_s": row["decode_all_tok_s"]}
+    finally:
+        engine.fast = original
 
 
 def peak_memory(engine, image, tokens, use_cache):
@@ -169,18 +233,27 @@ def profile_prefill_and_step(engine, image, out_dir: Path | None):
 
 
 def vision_ms(engine, image):
-    """Milliseconds for the vision tower alone on one image (median of 3)."""
+    """Vision tower alone on one image, ms (median of 3), one attention call per layer vs the stock SDPA loop;
+    and the relative difference of their outputs."""
     options = GenerationOptions(max_image_tokens=16384)
     inputs, _ = engine.encode([Turn("user", "x", [image])], options)
-    times = []
+    result, outputs = {}, {}
     with torch.inference_mode():
-        for _ in range(4):
-            _sync()
-            t = time.perf_counter()
-            engine.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-            _sync()
-            times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times[1:])
+        for name, on in (("stock", False), ("varlen", True)):
+            use_varlen(engine.model, on)
+            times = []
+            for _ in range(4):
+                _sync()
+                t = time.perf_counter()
+                out = engine.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+                _sync()
+                times.append(1000 * (time.perf_counter() - t))
+            result[name] = statistics.median(times[1:])
+            outputs[name] = torch.cat(list(out.pooler_output if hasattr(out, "pooler_output") else out)).float()
+    use_varlen(engine.model, True)
+    ref = outputs["stock"]
+    result["rel_diff"] = float((outputs["varlen"] - ref).norm() / ref.norm())
+    return result
 
 
 def main(argv=None) -> int:
@@ -189,7 +262,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a real checkpoint folder (instead of random weights)")
     parser.add_argument("--tokens", type=int, default=256, help="forced answer length")
     parser.add_argument("--long-tokens", type=int, default=1024, help="answer length for the peak-memory run")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per image for the engine path")
+    parser.add_argument("--baseline-repeats", type=int, default=2, help="repeats per image for generate()")
+    parser.add_argument("--followup-tokens", type=int, default=8, help="answer length of the follow-up question")
+    parser.add_argument("--peak-generate", action="store_true", help="also measure generate()'s peak memory")
     parser.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory cap (emulates an RTX 4090)")
     parser.add_argument("--compile", default="auto", help="VLASSIST_COMPILE for the engine path")
     parser.add_argument("--sizes", default=",".join(SIZES))
@@ -218,6 +294,7 @@ def main(argv=None) -> int:
                          factor=28, min_pixels=56 * 56, load_s=time.perf_counter() - started,
                          parameters=sum(p.numel() for p in model.parameters()),
                          versions={"torch": torch.__version__, "transformers": transformers.__version__})
+        use_varlen(model)  # what the loader does for an SDPA model
         engine = Engine(model, _processor(tiny), info, settings)
         engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
             model, settings.compile, settings.decode_context)
@@ -229,30 +306,62 @@ def main(argv=None) -> int:
     images = {name: _image(SIZES[name], i) for i, name in enumerate(args.sizes.split(","))}
     rows = []
     first_size = next(iter(images))
-    for path, use_cache in (("engine", True), ("generate", False)):
-        answer(engine, [Turn("user", "warm", [images[first_size]])],  # kernels and allocator, off the clock
-               GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384, use_cache=use_cache))
-        for name, image in images.items():
-            row = {"path": path, "image": name, **measure(engine, image, args.tokens, use_cache, args.repeats)}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    vision = {name: vision_ms(engine, image) for name, image in images.items()}
+    mid = images.get("1024x1024", images[first_size])
     peak_name = "1920x1080" if "1920x1080" in images else first_size
-    peaks = {path: peak_memory(engine, images[peak_name], args.long_tokens, use_cache)
-             for path, use_cache in (("engine", True), ("generate", False))}
-    tables = profile_prefill_and_step(engine, images.get("1024x1024", images[first_size]),
-                                      Path(args.out).parent) if args.profile else {}
-
     device = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
         "weights": weights, "versions": info.versions | {"python": platform.python_version()},
-        "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "decode": info.decode,
-        "decode_reason": info.decode_reason, "load_s": info.load_s, "warmup_s": info.warmup_s,
-        "rows": rows, "vision_ms": vision, "peak_gb": peaks, "peak_image": peak_name,
-        "peak_answer_tokens": args.long_tokens, "profiles": tables,
+        "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "followup_tokens": args.followup_tokens,
+        "decode": info.decode, "decode_reason": info.decode_reason, "decode_buckets": getattr(
+            engine.fast, "sizes", None), "load_s": info.load_s, "warmup_s": info.warmup_s, "rows": rows,
+        "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    out = Path(args.out)
+
+    def extra(name, fn):  # one optional measurement: its failure is recorded, not fatal
+        try:
+            result[name] = fn()
+        except Exception as exc:  # noqa: BLE001
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(name, json.dumps(result[name])[:400], flush=True)
+        out.write_text(json.dumps(result, indent=2))
+
+    answer(engine, [Turn("user", "warm", [images[first_size]])],  # kernels and allocator, off the clock
+           GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384))
+    for name, image in images.items():
+        row = {"path": "engine", "image": name,
+               **measure(engine, image, args.tokens, True, args.repeats, args.followup_tokens)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out.write_text(json.dumps(result, indent=2))
+    extra("vision_ms", lambda: {name: vision_ms(engine, image) for name, image in images.items()})
+    extra("preprocessing_ms", lambda: {name: preprocessing_ms(engine, image) for name, image in images.items()})
+    if cuda:
+        extra("prefill_cudnn_ab", lambda: cudnn_ab(engine, mid, args.repeats, args.followup_tokens))
+        extra("decode_graph_mode", lambda: decode_mode_compare(engine, mid, args.tokens, 3, "graph"))
+    peaks = {"engine": None, "generate": None}
+    extra("peak_gb", lambda: peaks | {"engine": peak_memory(engine, images[peak_name], args.long_tokens, True)})
+    if args.profile:
+        extra("profiles", lambda: profile_prefill_and_step(engine, mid, out.parent))
+
+    # The baseline: plain generate() with the stock vision attention, as a Qwen demo would run it.
+    use_varlen(engine.model, False)
+    answer(engine, [Turn("user", "warm", [images[first_size]])],
+           GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384, use_cache=False))
+    for name, image in images.items():
+        row = {"path": "generate", "image": name,
+               **measure(engine, image, args.tokens, False, args.baseline_repeats, args.followup_tokens)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(result, indent=2))
+    if args.peak_generate:
+        result["peak_gb"]["generate"] = peak_memory(engine, images[peak_name], args.long_tokens, False)
+    use_varlen(engine.model, True)
+    out.write_text(json.dumps(result, indent=2))
+    vision = {k: v.get("varlen", float("nan")) for k, v in result["vision_ms"].items()} if "error" not in result[
+        "vision_ms"] else {k: float("nan") for k in images}
+    peaks = result["peak_gb"] if "error" not in result["peak_gb"] else {"engine": None, "generate": None}
 
     print(f"\n{device} | {weights} weights | torch {torch.__version__} | transformers {transformers.__version__}"
           f" | decode {info.decode} | load {info.load_s:.1f} s + warm-up {info.warmup_s:.1f} s")
@@ -268,8 +377,8 @@ def main(argv=None) -> int:
         print(f"{'ratio':>17} | {g['ttft_ms'] / e['ttft_ms']:15.2f}x | {g['followup_ttft_ms'] / e['followup_ttft_ms']:17.2f}x |"
               f" {e['decode_tok_s'] / max(g['decode_tok_s'], 1e-9):15.2f}x |")
     if peaks["engine"] is not None:
-        print(f"peak GiB ({peak_name}, {args.long_tokens}-token answer): engine {peaks['engine']:.2f},"
-              f" generate {peaks['generate']:.2f}")
+        print(f"peak GiB ({peak_name}, {args.long_tokens}-token answer): engine {peaks['engine']:.2f}"
+              + (f", generate {peaks['generate']:.2f}" if peaks["generate"] is not None else ""))
     return 0
 
 

@@ -72,3 +72,22 @@ def test_fast_modes_fall_back_on_cpu_and_say_why(engine25, requested):
 def test_compile_off_keeps_the_eager_path(engine25):
     """VLASSIST_COMPILE=off builds no static decoder."""
     assert build_decoder(engine25.model, "off", 256)[:2] == (None, "eager")
+
+
+def test_small_buckets_decode_exactly(static_engine):
+    """A request decoded in a smaller bucket (a view of the first slots of the buffers) gives the same answer."""
+    from vlassist.fastdecode import StaticDecoder
+
+    full = static_engine.fast
+    static_engine.fast = StaticDecoder(static_engine.model, 256, "static", buckets=(48, 96, 160))
+    try:
+        first = [Turn("user", "what is this", [_img()])]
+        total = len(static_engine.encode(first, CACHED)[0]["input_ids"][0]) + CACHED.max_new_tokens
+        text = static_engine.stream(first, CACHED).consume()
+        assert static_engine.fast.size == next(n for n in (48, 96, 160, 256) if n >= total) < 256
+        assert text == static_engine.stream(first, PLAIN).consume()
+        turns = first + [Turn("assistant", text), Turn("user", "and the colour?")]
+        reply = static_engine.stream(turns, CACHED)
+        assert reply.consume() == static_engine.stream(turns, PLAIN).consume() and reply.stats.reused_tokens > 0
+    finally:
+        static_engine.fast = full

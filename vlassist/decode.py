@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
+
+# Prefill meets a new (new tokens, cached tokens) shape on nearly every question, and cuDNN's SDPA builds an
+# execution plan for each new shape (tens to hundreds of ms on the host); flash and memory-efficient attention
+# have no such step. None keeps PyTorch's own choice (the benchmark compares both).
+PREFILL_BACKENDS: list | None = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def rope_positions(model, input_ids, mm_token_type_ids=None, image_grid_thw=None) -> tuple[torch.Tensor, int]:
@@ -40,8 +48,11 @@ def prefill(model, input_ids, positions, cache, pixel_values=None, image_grid_th
     Only images whose tokens are in `input_ids` get pixel_values (and their own image_grid_thw); cached images
     are already inside `cache`.
     """
-    out = model.model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
-                      pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+    backends = (sdpa_kernel(PREFILL_BACKENDS) if PREFILL_BACKENDS and input_ids.is_cuda
+                else contextlib.nullcontext())
+    with backends:
+        out = model.model(input_ids=input_ids, position_ids=positions, past_key_values=cache, use_cache=True,
+                          pixel_values=pixel_values, image_grid_thw=image_grid_thw)
     return model.lm_head(out.last_hidden_state[:, -1:]).float()[:, -1]  # (1, V)
 
 

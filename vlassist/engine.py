@@ -14,6 +14,7 @@ from .conversation import GenerationOptions, Reply, Stats, Turn
 from .errors import VlassistError
 from .images import LoadedImage, Sizing, plan_size, resize_for_model
 from .loader import ModelInfo, load
+from . import pixels as pixel_prep
 
 import torch  # noqa: E402
 import numpy as np  # noqa: E402
@@ -102,21 +103,18 @@ class Engine:
             raise VlassistError("a conversation must end with a user turn")
         if not turns[-1].text.strip() and not turns[-1].images:
             raise VlassistError("ask a question or attach an image")
-        messages, pixels, sizings = [], [], []
+        messages, sizings = [], []
         for turn in turns:
             if turn.role == "assistant":
                 messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.text}]})
                 continue
-            for image in turn.images:
-                sizing = self.plan(image, options)
-                sizings.append(sizing)
-                pixels.append(resize_for_model(image.image, sizing))
+            sizings += [self.plan(image, options) for image in turn.images]
             parts = [{"type": "image"} for _ in turn.images]
             messages.append({"role": "user", "content": parts + [{"type": "text", "text": turn.text}]})
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         pad = self.processor.image_token
         pieces = text.split(pad)
-        if len(pieces) != len(pixels) + 1:
+        if len(pieces) != len(sizings) + 1:
             raise VlassistError("the chat template placed a different number of images than were given")
         pixel_rows, grids = [], []
         for image, sizing in zip(_images(turns), sizings):
@@ -142,12 +140,17 @@ class Engine:
         if key in self._pixel_memo:
             self._pixel_memo.move_to_end(key)
             return self._pixel_memo[key]
-        area = sizing.input_size[0] * sizing.input_size[1]
-        # The image arrives at its planned size; this range makes the processor keep it exactly.
-        out = self.processor.image_processor(
-            images=[resize_for_model(image.image, sizing)], return_tensors="pt",
-            size={"shortest_edge": min(self.info.min_pixels, area), "longest_edge": area})
-        self._pixel_memo[key] = (out["pixel_values"].to(self.model.device), out["image_grid_thw"].to(self.model.device))
+        resized = resize_for_model(image.image, sizing)
+        if pixel_prep.supports(self.processor.image_processor, resized.size):  # normalise + patchify on the device
+            self._pixel_memo[key] = pixel_prep.patchify(resized, self.processor.image_processor, self.model.device)
+        else:
+            area = sizing.input_size[0] * sizing.input_size[1]
+            # The image arrives at its planned size; this range makes the processor keep it exactly.
+            out = self.processor.image_processor(
+                images=[resized], return_tensors="pt",
+                size={"shortest_edge": min(self.info.min_pixels, area), "longest_edge": area})
+            self._pixel_memo[key] = (out["pixel_values"].to(self.model.device),
+                                     out["image_grid_thw"].to(self.model.device))
         while len(self._pixel_memo) > PIXEL_MEMO_IMAGES:
             self._pixel_memo.popitem(last=False)
         return self._pixel_memo[key]
@@ -264,19 +267,25 @@ class Engine:
         cache = new_cache(model, entry.layers if entry else None, reused)
         scores = prefill(model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)  # (1, V)
         streamer.put(ids.cpu())
-        fast = self.fast if self.fast is not None and self.fast.fits(length + options.max_new_tokens) else None
+        total = length + options.max_new_tokens
+        fast = self.fast if self.fast is not None and self.fast.fits(total) else None
         if fast is not None:
-            fast.start(cache, length)
+            fast.start(cache, length, total)
         processors, sequence = self._processors(options, length), ids
+        token = choose(scores, sequence, processors, greedy=options.precise)  # (1,) on the device
         for step in range(options.max_new_tokens):
-            token = choose(scores, sequence, processors, greedy=options.precise)  # (1,)
             sequence = torch.cat([sequence, token.view(1, 1)], dim=1)
+            last = step == options.max_new_tokens - 1
+            if not last:
+                # Queue the next step before the host waits for this token: the GPU works while the host streams
+                # text. If this token ends the answer, that one step is wasted; nothing reads its K/V.
+                index = length + step  # cache slot of the token just chosen
+                scores = (fast.step(token, index, delta) if fast is not None else
+                          decode_step(model, token.view(1, 1), step_positions(index, delta, ids.device), cache))
             streamer.put(token.cpu())
-            if int(token) in self.eos_ids or stop.is_set() or step == options.max_new_tokens - 1:
+            if int(token) in self.eos_ids or stop.is_set() or last:
                 break
-            index = length + step  # cache slot of the token just chosen
-            scores = (fast.step(token, index, delta) if fast is not None else
-                      decode_step(model, token.view(1, 1), step_positions(index, delta, ids.device), cache))
+            token = choose(scores, sequence, processors, greedy=options.precise)
         fed = sequence.shape[1] - 1  # the last chosen token never ran through the model
         answer = sequence[0, length:fed].cpu().numpy()
         layers = fast.layers(fed) if fast is not None else cache_layers(cache, fed)

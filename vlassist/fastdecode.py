@@ -15,35 +15,59 @@ log = logging.getLogger(__name__)
 MODES = ("compile", "graph", "static")  # fastest first: each falls back to the next if it fails
 
 
-class StaticDecoder:
-    """Decodes one token at a time into preallocated K/V buffers, so every step has the same shapes."""
+BUCKETS = (2048, 4096)  # decode contexts captured besides VLASSIST_DECODE_CONTEXT itself, each a CUDA graph
 
-    def __init__(self, model, max_tokens: int, mode: str):
+
+class StaticDecoder:
+    """Decodes one token at a time into preallocated K/V buffers, so every step has the same shapes.
+
+    Attention in a static step reads every slot of its buffer, filled or not, so a request is decoded in the
+    smallest of a few context sizes ("buckets") that holds its prompt and answer. All buckets are views of the
+    first slots of one buffer, so no K/V is copied between them; each has its own captured graph.
+    """
+
+    def __init__(self, model, max_tokens: int, mode: str, buckets=BUCKETS):
         text = model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.model, self.max_tokens, self.mode = model, max_tokens, mode
         self.cache = StaticCache(config=model.config, max_cache_len=max_tokens)
-        self.cache.early_initialization(1, text.num_key_value_heads, head_dim, model.dtype, model.device)
+        self.cache.early_initialization(1, text.num_key_value_heads, self.head_dim, model.dtype, model.device)
+        self.sizes = sorted({n for n in buckets if n < max_tokens} | {max_tokens})
+        self.caches = {n: self.cache if n == max_tokens else self._window(n) for n in self.sizes}
         device = model.device
         self.mask = torch.zeros(1, 1, 1, max_tokens, dtype=torch.bool, device=device)  # keys the new token sees
+        self.masks = {n: self.mask[..., :n] for n in self.sizes}  # (1, 1, 1, n) views
         self.token = torch.zeros(1, 1, dtype=torch.long, device=device)  # (1, 1) token being fed
         self.positions = torch.zeros(4, 1, 1, dtype=torch.long, device=device)  # (4, 1, 1) its positions
-        self.logits: torch.Tensor | None = None  # (1, V) output of the captured graph
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.size = max_tokens  # the bucket the current request decodes in
+        self.logits: dict[int, torch.Tensor] = {}  # bucket -> (1, V) output of its captured graph
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._fn = self._step
         if mode == "compile":
-            # Only the hot step is compiled; the graph below removes the launch overhead of what is left.
+            # Only the hot step is compiled (once per bucket); the graphs remove the launch overhead of the rest.
             self._fn = torch.compile(self._step, dynamic=False)
 
-    def _step(self) -> torch.Tensor:
-        return decode_step(self.model, self.token, self.positions, self.cache, self.mask)
+    def _window(self, n: int) -> StaticCache:
+        """A StaticCache whose layers are the first n slots of the full buffers, sharing their write position."""
+        window = StaticCache(config=self.model.config, max_cache_len=n)
+        for mine, full in zip(window.layers, self.cache.layers):
+            for name in ("dtype", "device", "batch_size", "num_heads", "k_head_dim", "v_head_dim"):
+                setattr(mine, name, getattr(full, name))
+            mine.keys, mine.values = full.keys[:, :, :n], full.values[:, :, :n]  # (1, kv_heads, n, head_dim)
+            mine.cumulative_length = full.cumulative_length  # one write position for every bucket
+            mine.is_initialized = True
+        return window
+
+    def _step(self, cache, mask) -> torch.Tensor:
+        return decode_step(self.model, self.token, self.positions, cache, mask)
 
     def fits(self, tokens: int) -> bool:
         """True if a prompt plus answer of `tokens` fits the buffers."""
         return tokens <= self.max_tokens
 
-    def start(self, cache, length: int) -> None:
-        """Copy the first `length` tokens of a prefilled cache into the buffers."""
+    def start(self, cache, length: int, total: int | None = None) -> None:
+        """Copy the first `length` tokens of a prefilled cache into the buffers; decode in the bucket for `total`."""
+        self.size = next(n for n in self.sizes if n >= (total or self.max_tokens))
         for mine, theirs in zip(self.cache.layers, cache.layers if length else []):
             mine.keys[:, :, :length].copy_(theirs.keys[:, :, :length])  # (1, kv_heads, length, head_dim)
             mine.values[:, :, :length].copy_(theirs.values[:, :, :length])
@@ -58,10 +82,11 @@ class StaticDecoder:
         self.positions[0].fill_(index)
         self.positions[1:].fill_(index + delta)
         self.mask[..., index] = True
-        if self.graph is not None:
-            self.graph.replay()
-            return self.logits
-        return self._fn()
+        graph = self.graphs.get(self.size)
+        if graph is not None:
+            graph.replay()
+            return self.logits[self.size]
+        return self._fn(self.caches[self.size], self.masks[self.size])
 
     def layers(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of the first `length` cached tokens' K/V per layer, (1, kv_heads, length, head_dim) each."""
@@ -69,18 +94,19 @@ class StaticDecoder:
                 for layer in self.cache.layers]
 
     def capture(self) -> None:
-        """Run the step a few times (compiling it if asked), then record it as a CUDA graph."""
-        self.start(new_cache(self.model), 0)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for index in range(3):
-                self.step(self.token[0], index, 0)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self._fn()
-        self.graph = graph
+        """For each bucket: run the step a few times (compiling it if asked), then record it as a CUDA graph."""
+        for size in self.sizes:
+            self.start(new_cache(self.model), 0, size)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for index in range(3):
+                    self.step(self.token[0], index, 0)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.logits[size] = self._fn(self.caches[size], self.masks[size])
+            self.graphs[size] = graph
         torch.cuda.synchronize()
 
 

@@ -13,6 +13,7 @@ from . import offline  # noqa: F401  (sets the offline switches before transform
 from .checkpoint import Family, inspect_checkpoint
 from .config import Settings
 from .errors import ConfigError
+from .vision_attention import use_varlen
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -129,6 +130,8 @@ def load(settings: Settings):
 
     model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device))
     model.eval()
+    if attn == "sdpa":  # flash_attention_2 has its own varlen path; eager stays the plain reference
+        use_varlen(model)
     size = getattr(image_processor, "size", None) or {}
     min_pixels = int(size.get("shortest_edge") or size.get("min_pixels") or 4 * family.factor**2)
     info = ModelInfo(
