@@ -282,8 +282,9 @@ class Engine:
                 index = length + step  # cache slot of the token just chosen
                 scores = (fast.step(token, index, delta) if fast is not None else
                           decode_step(model, token.view(1, 1), step_positions(index, delta, ids.device), cache))
-            streamer.put(token.cpu())
-            if int(token) in self.eos_ids or stop.is_set() or last:
+            chosen = token.cpu()  # waits for the choice only; reading `token` again would wait for the step too
+            streamer.put(chosen)
+            if int(chosen) in self.eos_ids or stop.is_set() or last:
                 break
             token = choose(scores, sequence, processors, greedy=options.precise)
         fed = sequence.shape[1] - 1  # the last chosen token never ran through the model
