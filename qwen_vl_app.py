@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from vlassist.ui import chat, resources, settings_panel, sidebar, tasks
+from vlassist.ui import chat, launch, resources, settings_panel, sidebar, tasks
+
+launch.keep_local()  # also under a plain `streamlit run`: no address lookups off the machine
 
 st.set_page_config(page_title="vlassist", page_icon="🖼️", layout="wide")
 

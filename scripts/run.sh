@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m streamlit run qwen_vl_app.py "$@"
+exec .venv/bin/python -m vlassist.ui.launch "$@"  # streamlit run qwen_vl_app.py, kept off the network

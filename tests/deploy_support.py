@@ -113,7 +113,7 @@ def app_env(model_dir: Path, data_dir: Path, user_header: str | None = None, ext
 def streamlit_app(port: int, env: dict, log: Path, python: str = sys.executable, timeout: float = 120):
     """`streamlit run qwen_vl_app.py` from the repository root (so .streamlit/config.toml applies)."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen([python, "-m", "streamlit", "run", "qwen_vl_app.py", "--server.port", str(port)],
+        proc = subprocess.Popen([python, "-m", "vlassist.ui.launch", "--server.port", str(port)],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, timeout, proc, log)

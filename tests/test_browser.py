@@ -53,7 +53,7 @@ def serve(checkpoint, data, **env_extra):
         env.pop("VLASSIST_USER_HEADER", None)
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "qwen_vl_app.py"), "--server.headless", "true",
+        [sys.executable, "-m", "vlassist.ui.launch", "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -129,11 +129,6 @@ def test_cross_origin_websocket_is_refused(cross_origin_probe):
     assert cross_origin_probe["status"] == 403
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Streamlit 1.67 checks a foreign Origin against the machine's own addresses, found by a UDP connect to "
-    "8.8.8.8 and an HTTP request to checkip.amazonaws.com (streamlit.net_util). Behind deploy/nginx.conf such "
-    "requests never reach the app; on a workstation the app process must stub net_util.get_internal_ip and "
-    "get_external_ip. Remove this mark when it does."))
 def test_refusing_a_cross_origin_websocket_attempts_no_connection_off_the_machine(cross_origin_probe):
     """While refusing a foreign Origin, the server neither connects to nor looks up any host off the machine."""
     audit = cross_origin_probe["audit"]
