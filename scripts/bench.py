@@ -202,6 +202,64 @@ def decode_mode_compare(engine, image, tokens, repeats, mode):
         engine.fast = original
 
 
+def per_step_decode(engine, image, tokens, repeats):
+    """Decode tok/s with every token chosen on the host (decode_block 0), for comparison with the block path."""
+    block = engine.decode_block
+    try:
+        engine.decode_block = 0
+        row = measure(engine, image, tokens, True, repeats, 4)
+        return {"decode_tok_s": row["decode_tok_s"], "decode_all_tok_s": row["decode_all_tok_s"]}
+    finally:
+        engine.decode_block = block
+
+
+def followup_breakdown(engine, image, repeats=3):
+    """Where a follow-up's time to first token goes, ms per phase (median), measured outside the engine."""
+    from vlassist.decode import choose, new_cache, prefill, rope_positions
+    from vlassist.engine import _images, _uncached_images
+    from vlassist.kvcache import fingerprint, image_key
+
+    options = GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384)
+    first = [Turn("user", "Describe this screenshot in detail.", [image])]
+    phases: dict[str, list[float]] = {}
+    for _ in range(repeats + 1):
+        engine.prefixes.clear()
+        text, _ = answer(engine, first, options)
+        turns = first + [Turn("assistant", text), Turn("user", "What is in the top left corner?")]
+        marks = [("start", time.perf_counter())]
+
+        def mark(name):
+            _sync()
+            marks.append((name, time.perf_counter()))
+
+        with torch.inference_mode():
+            inputs, sizings = engine.encode(turns, options)
+            mark("encode")
+            ids, grid = inputs["input_ids"], inputs.get("image_grid_thw")
+            positions, _ = rope_positions(engine.model, ids, inputs.get("mm_token_type_ids"), grid)
+            mark("rope_positions")
+            keys = [image_key(im.sha256, s.input_size) for im, s in zip(_images(turns), sizings)]
+            counts = [] if grid is None else (grid.prod(-1) // engine._merge**2).tolist()
+            tokens = fingerprint(ids[0].tolist(), engine._image_token, keys, counts)
+            entry, reused = engine.prefixes.lookup(tokens)
+            pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
+            mark("lookup")
+            cache = new_cache(engine.model, entry.layers if entry else None, reused)
+            mark("prefix_copy")
+            scores = prefill(engine.model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)
+            mark("prefill")
+            if engine.fast is not None:
+                engine.fast.start(cache, ids.shape[1], ids.shape[1] + 4)
+            mark("static_copy")
+            int(choose(scores, ids, [], greedy=True))
+            mark("choose")
+        for (_, t0), (name, t1) in zip(marks, marks[1:]):
+            phases.setdefault(name, []).append(1000 * (t1 - t0))
+    result = {name: round(statistics.median(v[1:]), 2) for name, v in phases.items()}
+    result["new_tokens"] = int(ids.shape[1] - reused)
+    return result
+
+
 def peak_memory(engine, image, tokens, use_cache):
     """Peak GiB allocated while answering `tokens` tokens about `image` (GPU only)."""
     if not torch.cuda.is_available():
@@ -313,7 +371,7 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
         "weights": weights, "versions": info.versions | {"python": platform.python_version()},
         "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "followup_tokens": args.followup_tokens,
-        "decode": info.decode, "decode_reason": info.decode_reason, "decode_buckets": getattr(
+        "decode": info.decode, "decode_reason": info.decode_reason, "decode_block": engine.decode_block, "decode_buckets": getattr(
             engine.fast, "sizes", None), "load_s": info.load_s, "warmup_s": info.warmup_s, "rows": rows,
         "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }
@@ -340,6 +398,9 @@ def main(argv=None) -> int:
     if cuda:
         extra("prefill_cudnn_ab", lambda: cudnn_ab(engine, mid, args.repeats, args.followup_tokens))
         extra("decode_graph_mode", lambda: decode_mode_compare(engine, mid, args.tokens, 3, "graph"))
+    extra("followup_breakdown_ms", lambda: followup_breakdown(engine, mid))
+    if engine.fast is not None:
+        extra("decode_per_step", lambda: per_step_decode(engine, mid, args.tokens, 3))
     peaks = {"engine": None, "generate": None}
     extra("peak_gb", lambda: peaks | {"engine": peak_memory(engine, images[peak_name], args.long_tokens, True)})
     if args.profile:

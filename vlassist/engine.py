@@ -28,6 +28,7 @@ from .kvcache import PrefixStore, fingerprint, image_key  # noqa: E402
 
 
 PIXEL_MEMO_IMAGES = 4  # processed images kept for follow-ups (~50 MB each at 1920x1080)
+DECODE_BLOCK = 8  # greedy tokens chosen on the device between two host reads (stop checks, streaming)
 
 
 class GenerationError(VlassistError):
@@ -75,6 +76,7 @@ class Engine:
         self._image_token = model.config.image_token_id
         self._merge = model.config.vision_config.spatial_merge_size
         self._pixel_memo: OrderedDict = OrderedDict()  # (sha256, input size) -> (pixel rows, grid) on the device
+        self.decode_block = DECODE_BLOCK  # 0: choose every token on the host, one step at a time
 
     @property
     def busy(self) -> bool:
@@ -273,6 +275,12 @@ class Engine:
             fast.start(cache, length, total)
         processors, sequence = self._processors(options, length), ids
         token = choose(scores, sequence, processors, greedy=options.precise)  # (1,) on the device
+        if (fast is not None and self.decode_block > 0 and options.precise and not options.json_schema
+                and fast.greedy_ready()):
+            answer = self._greedy_blocks(fast, token, length, delta, options, stop, streamer)
+            fed = length + len(answer) - 1  # the last chosen token's K/V is not kept (as on the per-step path)
+            self.prefixes.put(np.concatenate([tokens, np.asarray(answer[:-1], dtype=np.int64)]), fast.layers(fed))
+            return torch.cat([ids.cpu(), torch.tensor([answer], dtype=ids.dtype)], dim=1)
         for step in range(options.max_new_tokens):
             sequence = torch.cat([sequence, token.view(1, 1)], dim=1)
             last = step == options.max_new_tokens - 1
@@ -292,6 +300,32 @@ class Engine:
         layers = fast.layers(fed) if fast is not None else cache_layers(cache, fed)
         self.prefixes.put(np.concatenate([tokens, answer]), layers)
         return sequence
+
+    def _greedy_blocks(self, fast, token, length, delta, options, stop, streamer) -> list[int]:
+        """Greedy answer tokens chosen on the device, read back every `decode_block` steps.
+
+        Each block is queued before the host waits for the previous one's tokens, so the GPU never idles on the
+        host. Steps past an end-of-answer token inside a block are wasted work; their tokens are dropped and
+        their K/V lies beyond what is kept.
+        """
+        until = length + options.min_new_tokens if options.min_new_tokens else 0
+        fast.begin(token, length, delta, until, sorted(self.eos_ids))
+        pending = fast.read(length, length + 1)  # the first token: streamed before any block is waited for
+        queued, left, answer = length + 1, options.max_new_tokens - 1, []
+        while True:
+            steps = min(self.decode_block, left)
+            fast.advance(steps)
+            left -= steps
+            chosen = fast.tokens(pending)
+            ends = next((i for i, t in enumerate(chosen) if t in self.eos_ids), None)
+            if ends is not None:
+                chosen = chosen[:ends + 1]
+            answer += chosen
+            streamer.put(torch.tensor(chosen))
+            if ends is not None or stop.is_set() or not steps:
+                return answer
+            pending = fast.read(queued, queued + steps)
+            queued += steps
 
     def _plain_generate(self, inputs, options, stop, streamer) -> torch.Tensor:
         """The reference path: transformers generate() on the whole prompt, nothing reused or kept."""

@@ -42,6 +42,15 @@ class StaticDecoder:
         self.size = max_tokens  # the bucket the current request decodes in
         self.logits: dict[int, torch.Tensor] = {}  # bucket -> (1, V) output of its captured graph
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # Greedy decoding chooses each token on the device: out[i] is the token fed at cache slot i, written by
+        # the step before it, so consecutive steps need no host round trip and the host reads tokens in blocks.
+        vocab = model.config.get_text_config().vocab_size
+        self.out = torch.zeros(max_tokens + 1, dtype=torch.long, device=device)  # (max_tokens + 1,)
+        self.host = torch.zeros(max_tokens + 1, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.ban = torch.zeros(vocab, dtype=torch.bool, device=device)  # (V,) end-of-answer tokens
+        self.until = torch.zeros((), dtype=torch.long, device=device)  # ban them while the sequence is shorter
+        self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.greedy_note = ""  # why in-graph greedy is off, if it is
         self._fn = self._step
         if mode == "compile":
             # Only the hot step is compiled (once per bucket); the graphs remove the launch overhead of the rest.
@@ -60,6 +69,20 @@ class StaticDecoder:
 
     def _step(self, cache, mask) -> torch.Tensor:
         return decode_step(self.model, self.token, self.positions, cache, mask)
+
+    def _greedy(self, size: int) -> None:
+        """One greedy step on device state alone: feed self.token at slot positions[0], write the next one.
+
+        The same ops as the host path (MinNewTokens' -inf, then argmax over the step's logits), so tokens match.
+        """
+        index = self.positions[0].view(1)  # (1,) cache slot of the token being fed
+        self.mask.index_fill_(3, index, True)
+        logits = self._fn(self.caches[size], self.masks[size])  # (1, V) float32
+        logits = logits.masked_fill(self.ban & (index + 1 < self.until), float("-inf"))
+        chosen = logits.argmax(dim=-1)  # (1,)
+        self.out.index_copy_(0, index + 1, chosen)
+        self.token.copy_(chosen.view(1, 1))
+        self.positions.add_(1)
 
     def fits(self, tokens: int) -> bool:
         """True if a prompt plus answer of `tokens` fits the buffers."""
@@ -88,6 +111,42 @@ class StaticDecoder:
             return self.logits[self.size]
         return self._fn(self.caches[self.size], self.masks[self.size])
 
+    def greedy_ready(self) -> bool:
+        """True if greedy steps can run here: a captured greedy graph for the bucket, or the uncaptured step."""
+        return self.size in self.greedy_graphs or (not self.graphs and not self.greedy_note)
+
+    def begin(self, token: torch.Tensor, index: int, delta: int, until: int, eos) -> None:
+        """Greedy decoding from `token` (1,) at cache slot `index`; end-of-answer tokens banned below `until`."""
+        self.out[index:index + 1].copy_(token.view(1))
+        self.token.copy_(token.view(1, 1))
+        self.positions[0].fill_(index)
+        self.positions[1:].fill_(index + delta)
+        self.until.fill_(until)
+        self.ban.zero_()
+        self.ban[list(eos)] = True
+
+    def advance(self, steps: int) -> None:
+        """Queue `steps` greedy steps; nothing waits for them."""
+        graph = self.greedy_graphs.get(self.size)
+        for _ in range(steps):
+            graph.replay() if graph is not None else self._greedy(self.size)
+
+    def read(self, start: int, stop: int):
+        """Queue a copy of the tokens for slots [start, stop) to the host; `tokens()` waits for it."""
+        self.host[start:stop].copy_(self.out[start:stop], non_blocking=True)
+        if self.out.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+            return event, start, stop
+        return None, start, stop
+
+    def tokens(self, pending) -> list[int]:
+        """The tokens of a queued `read`, once they are on the host."""
+        event, start, stop = pending
+        if event is not None:
+            event.synchronize()  # waits for that copy only, not for the steps queued after it
+        return self.host[start:stop].tolist()
+
     def layers(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of the first `length` cached tokens' K/V per layer, (1, kv_heads, length, head_dim) each."""
         return [(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
@@ -107,6 +166,42 @@ class StaticDecoder:
             with torch.cuda.graph(graph):
                 self.logits[size] = self._fn(self.caches[size], self.masks[size])
             self.graphs[size] = graph
+        torch.cuda.synchronize()
+        try:
+            self._capture_greedy()
+        except Exception as exc:  # the per-step graphs still work: decode greedy answers through them
+            self.greedy_graphs.clear()
+            self.greedy_note = f"in-graph greedy off ({type(exc).__name__}: {str(exc).strip()[:120]})"
+            log.warning("%s", self.greedy_note)
+
+    def _capture_greedy(self, check_steps: int = 4) -> None:
+        """Capture the greedy step per bucket, then check it chooses what the per-step graph plus argmax does."""
+        for size in self.sizes:
+            self.start(new_cache(self.model), 0, size)
+            self.begin(self.token[0], 0, 0, 0, [])
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._greedy(size)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._greedy(size)
+            self.greedy_graphs[size] = graph
+            # The same steps twice from the same state: in-graph choice against the host-side choice.
+            first = torch.zeros(1, dtype=torch.long, device=self.model.device)
+            self.start(new_cache(self.model), 0, size)
+            self.begin(first, 0, 0, 0, [])
+            self.advance(check_steps)
+            in_graph = self.out[1:check_steps + 1].tolist()
+            self.start(new_cache(self.model), 0, size)
+            token, on_host = first, []
+            for index in range(check_steps):
+                token = self.step(token, index, 0).argmax(dim=-1)
+                on_host.append(int(token))
+            if in_graph != on_host:
+                raise RuntimeError(f"greedy graph chose {in_graph}, the step graph {on_host}")
         torch.cuda.synchronize()
 
 
@@ -147,7 +242,8 @@ def build_decoder(model, requested: str, max_tokens: int) -> tuple[StaticDecoder
                 decoder = StaticDecoder(model, max_tokens, mode)
                 if mode != "static":
                     decoder.capture()
-                reason = "; ".join(failures + [f"{mode} decode step warmed up"])
+                notes = [f"{mode} decode step warmed up"] + ([decoder.greedy_note] if decoder.greedy_note else [])
+                reason = "; ".join(failures + notes)
                 return decoder, mode, reason, time.perf_counter() - started
             except Exception as exc:  # fall back to the next mode, and say why
                 failures.append(f"{mode} failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]})"
