@@ -8,7 +8,6 @@ Its answers are gibberish; the code paths it exercises are the real ones.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

@@ -99,3 +99,23 @@ def stored(data_dir: Path, owner: str = "local") -> list:
     conversations = [store.get_conversation(c.id) for c in store.list_conversations()]
     history.close()
     return conversations
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def static_engine(request):
+    """A tiny engine decoding through preallocated (static) buffers on the CPU: the CUDA path without graphs."""
+    from vlassist.config import load_settings
+    from vlassist.engine import load_engine
+
+    folder = request.getfixturevalue({"qwen2_5_vl": "tiny_qwen25", "qwen3_vl": "tiny_qwen3"}[request.param])
+    return load_engine(load_settings({"VLASSIST_MODEL_DIR": str(folder), "VLASSIST_DEVICE": "cpu",
+                                      "VLASSIST_COMPILE": "static", "VLASSIST_DECODE_CONTEXT": "256"}))
+
+
+def start_app():
+    """Run qwen_vl_app.py once under Streamlit's AppTest and check it raised nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "qwen_vl_app.py"), default_timeout=180).run()
+    assert not at.exception, at.exception
+    return at

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, image_bytes, stored, use_app_env
+from conftest import image_bytes, start_app, stored, use_app_env
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
 from vlassist.history import History, NewImage
@@ -16,7 +16,6 @@ from vlassist.images import load_image
 from vlassist.prompts import preset_prompt
 from vlassist.ui.recording import AnswerRecorder
 
-APP = str(ROOT / "qwen_vl_app.py")
 SHORT = 48  # answer length for tests: enough to stream several chunks, quick on a CPU
 
 
@@ -24,12 +23,6 @@ SHORT = 48  # answer length for tests: enough to stream several chunks, quick on
 def app_env(monkeypatch, tmp_path, tiny_qwen25):
     """Environment for the app: the tiny checkpoint on CPU and a fresh data folder."""
     return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen25)
-
-
-def start() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def ask(at: AppTest, question: str, *files: tuple[str, bytes, str]) -> AppTest:
@@ -44,7 +37,7 @@ def ask(at: AppTest, question: str, *files: tuple[str, bytes, str]) -> AppTest:
 
 def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):
     """An image plus a question gives a streamed answer; both turns, the image and the stats are stored."""
-    at = ask(start(), "What is shown?", ("shot.png", image_bytes((120, 80)), "image/png"))
+    at = ask(start_app(), "What is shown?", ("shot.png", image_bytes((120, 80)), "image/png"))
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
     [conversation] = stored(app_env)
     user, answer = conversation.messages
@@ -58,8 +51,8 @@ def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):
 
 def test_conversation_reopens_in_a_fresh_app_run(app_env):
     """After a fresh app start, the sidebar lists the conversation and opening it shows its messages."""
-    ask(start(), "Remember me", ("a.png", image_bytes(), "image/png"))
-    at = start()
+    ask(start_app(), "Remember me", ("a.png", image_bytes(), "image/png"))
+    at = start_app()
     [conversation] = stored(app_env)
     assert at.session_state["conversation_id"] is None
     at.button(key=f"open_{conversation.id}").click().run()
@@ -70,7 +63,7 @@ def test_conversation_reopens_in_a_fresh_app_run(app_env):
 
 def test_follow_up_continues_the_same_conversation_with_its_images(app_env):
     """A second question goes to the same conversation and the model sees the first turn's image again."""
-    at = ask(start(), "First", ("a.png", image_bytes((64, 64)), "image/png"))
+    at = ask(start_app(), "First", ("a.png", image_bytes((64, 64)), "image/png"))
     ask(at, "And now?")
     [conversation] = stored(app_env)
     assert [m.role for m in conversation.messages] == ["user", "assistant", "user", "assistant"]
@@ -80,14 +73,14 @@ def test_follow_up_continues_the_same_conversation_with_its_images(app_env):
 
 def test_text_only_question_is_answered(app_env):
     """A question without images is answered and stored."""
-    ask(start(), "Just text")
+    ask(start_app(), "Just text")
     [conversation] = stored(app_env)
     assert conversation.messages[-1].role == "assistant" and conversation.messages[-1].stats["visual_tokens"] == 0
 
 
 def test_bad_file_is_refused_with_a_message_and_nothing_stored(app_env):
     """A file that is not an image is named in an error, nothing is stored, and the question is put back."""
-    at = ask(start(), "Keep my words", ("notes.png", b"not an image", "image/png"))
+    at = ask(start_app(), "Keep my words", ("notes.png", b"not an image", "image/png"))
     assert any("notes.png" in e.value for e in at.error)
     assert stored(app_env) == []
     assert at.chat_input(key="chat_input").value == "Keep my words"
@@ -95,7 +88,7 @@ def test_bad_file_is_refused_with_a_message_and_nothing_stored(app_env):
 
 def test_preset_fills_the_chat_box_and_is_stored_with_the_answer(app_env):
     """Clicking a preset puts its prompt in the chat box; the answer records which preset was used."""
-    at = start()
+    at = start_app()
     at.button(key="preset_ocr").click().run()
     assert at.chat_input(key="chat_input").value == preset_prompt("ocr")
     ask(at, preset_prompt("ocr"), ("a.png", image_bytes(), "image/png"))
@@ -104,7 +97,7 @@ def test_preset_fills_the_chat_box_and_is_stored_with_the_answer(app_env):
 
 def test_delete_from_sidebar_removes_rows_and_orphan_images(app_env):
     """Deleting the open conversation removes its messages and its images from the database."""
-    at = ask(start(), "Delete me", ("a.png", image_bytes(), "image/png"))
+    at = ask(start_app(), "Delete me", ("a.png", image_bytes(), "image/png"))
     [conversation] = stored(app_env)
     at.checkbox(key=f"confirm_delete_{conversation.id}").check().run()
     at.button(key=f"delete_{conversation.id}").click().run()
@@ -119,7 +112,7 @@ def test_delete_from_sidebar_removes_rows_and_orphan_images(app_env):
 
 def test_rename_from_sidebar(app_env):
     """Editing the title in the sidebar renames the conversation."""
-    at = ask(start(), "Old title")
+    at = ask(start_app(), "Old title")
     [conversation] = stored(app_env)
     at.text_input(key=f"rename_{conversation.id}").input("Better title").run()
     assert stored(app_env)[0].title == "Better title"
@@ -131,7 +124,7 @@ def test_sidebar_shows_only_this_owners_conversations(app_env):
     other = history.for_owner("someone-else").create_conversation("not yours")
     mine = history.for_owner("local").create_conversation("yours")
     history.close()
-    at = start()
+    at = start_app()
     keys = {b.key for b in at.sidebar.button}
     assert f"open_{mine}" in keys and f"open_{other}" not in keys
 
@@ -142,7 +135,7 @@ def test_header_mode_without_header_is_refused(app_env, monkeypatch):
     history.for_owner("local").create_conversation("local history")
     history.close()
     monkeypatch.setenv("VLASSIST_USER_HEADER", "X-Remote-User")
-    at = start()
+    at = start_app()
     assert any("X-Remote-User" in e.value for e in at.error)
     assert len(at.chat_input) == 0 and len(at.sidebar.button) == 0
 
@@ -150,7 +143,7 @@ def test_header_mode_without_header_is_refused(app_env, monkeypatch):
 def test_missing_model_shows_how_to_get_one(app_env, monkeypatch, tmp_path):
     """Without a model the page explains how to fetch one instead of crashing."""
     monkeypatch.setenv("VLASSIST_MODEL_DIR", str(tmp_path / "no-model-here"))
-    at = start()
+    at = start_app()
     assert any("fetch_model.py" in i.value for i in at.info)
     assert len(at.chat_input) == 0
 

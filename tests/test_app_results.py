@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, image_bytes, stored, use_app_env
+from conftest import image_bytes, start_app, stored, use_app_env
 from vlassist.annotate import crop_box
 from vlassist.history import History, NewImage
 from vlassist.images import load_image
@@ -17,7 +17,6 @@ from vlassist.parsing import Box, validation_errors
 from vlassist.prompts import PRESETS, grounding_prompt, json_schema_prompt
 from vlassist.schemas import fields_schema, template_schema
 
-APP = str(ROOT / "qwen_vl_app.py")
 # The JSON grammar closes its document within the engine's default answer length; ask with that length.
 JSON_LENGTH = 1024
 PANEL = (1000, 800)  # original size of the stored test image
@@ -40,12 +39,6 @@ def app_env(monkeypatch, tmp_path, tiny_qwen25):
 def app_env3(monkeypatch, tmp_path, tiny_qwen3):
     """The app on the tiny Qwen3-VL checkpoint with a fresh data folder."""
     return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen3)
-
-
-def start() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def ask(at: AppTest, question: str, *files: tuple[str, bytes, str], length: int = 128) -> AppTest:
@@ -84,7 +77,7 @@ def insert_answer(data_dir, text: str, *, preset: str | None, family: str = "qwe
 
 
 def reopen(conversation_id: int) -> AppTest:
-    at = start()
+    at = start_app()
     at.button(key=f"open_{conversation_id}").click().run()
     assert not at.exception, at.exception
     return at
@@ -99,7 +92,7 @@ def downloads(at) -> set[str]:
 
 def test_json_fields_answer_is_constrained_stored_and_shown(app_env):
     """Named fields constrain the answer: it parses, validates, keeps its schema, and shows a table and downloads."""
-    at = start()
+    at = start_app()
     at.button(key="preset_json").click().run()
     at.text_input(key="json_fields").input("vendor, total:number, paid:boolean").run()
     ask(at, PRESETS["json"].prompt, ("invoice.png", image_bytes((120, 80)), "image/png"), length=JSON_LENGTH)
@@ -115,7 +108,7 @@ def test_json_fields_answer_is_constrained_stored_and_shown(app_env):
 
 def test_json_template_answer_validates_on_qwen3(app_env3):
     """A template (meter panel) constrains a Qwen3-VL answer to JSON valid against that template."""
-    at = start()
+    at = start_app()
     at.button(key="preset_json").click().run()
     at.radio(key="json_source").set_value("template").run()
     at.selectbox(key="json_template").set_value("meter").run()
@@ -128,7 +121,7 @@ def test_json_template_answer_validates_on_qwen3(app_env3):
 
 def test_invalid_pasted_schema_is_reported_under_the_control(app_env):
     """A pasted schema that is not JSON is reported at once, before anything is sent."""
-    at = start()
+    at = start_app()
     at.button(key="preset_json").click().run()
     at.radio(key="json_source").set_value("schema").run()
     at.text_area(key="json_schema_text").input('{"type": "object", "properties": ').run()
@@ -137,7 +130,7 @@ def test_invalid_pasted_schema_is_reported_under_the_control(app_env):
 
 def test_sending_with_invalid_schema_stores_nothing_and_keeps_everything(app_env):
     """Sending under a bad schema stores nothing; the question, the pasted schema and the image are kept."""
-    at = start()
+    at = start_app()
     at.button(key="preset_json").click().run()
     at.radio(key="json_source").set_value("schema").run()
     at.text_area(key="json_schema_text").input('{"type": "objekt"}').run()
@@ -151,7 +144,7 @@ def test_sending_with_invalid_schema_stores_nothing_and_keeps_everything(app_env
 
 def test_fixed_schema_sends_the_kept_image(app_env):
     """After a refused send, fixing the schema sends the question with the image kept from the first try."""
-    at = start()
+    at = start_app()
     at.button(key="preset_json").click().run()
     at.radio(key="json_source").set_value("schema").run()
     at.text_area(key="json_schema_text").input("[]").run()
@@ -190,7 +183,7 @@ def test_find_objects_preset_asks_in_the_family_format(family_env, request):
     """"Find objects" fills in the prompt of the loaded family and rewrites it for what the user wants found."""
     request.getfixturevalue(family_env)
     family = {"app_env": "qwen2_5_vl", "app_env3": "qwen3_vl"}[family_env]
-    at = start()
+    at = start_app()
     at.button(key="preset_grounding").click().run()
     assert at.chat_input(key="chat_input").value == grounding_prompt(family, "object")
     at.text_input(key="grounding_target").input("pressure gauge").run()

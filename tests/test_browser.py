@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -201,16 +200,22 @@ def test_users_named_by_header_see_only_their_own_history(browser, tiny_qwen25, 
         stop(proc, log)
 
 
+def open_tab(browser, url):
+    """A new browser context and tab on the app, with the chat box ready: (context, tab)."""
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(120_000)
+    tab.goto(url)
+    tab.wait_for_selector(TEXTAREA)
+    return context, tab
+
+
 def test_conversation_survives_a_server_restart(browser, tiny_qwen25, tmp_path):
     """A pasted-image conversation is in the sidebar, image and answer included, after the server restarts."""
     title = "Read the pasted panel"
     proc, url, log = serve(tiny_qwen25, tmp_path)
     try:
-        context = browser.new_context()
-        tab = context.new_page()
-        tab.set_default_timeout(120_000)
-        tab.goto(url)
-        tab.wait_for_selector(TEXTAREA)
+        context, tab = open_tab(browser, url)
         tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((100, 70), (200, 90, 10))).decode())
         send(tab, title)
         tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for()
@@ -219,11 +224,7 @@ def test_conversation_survives_a_server_restart(browser, tiny_qwen25, tmp_path):
         stop(proc, log)
     proc, url, log = serve(tiny_qwen25, tmp_path)  # a new server process on the same data folder
     try:
-        context = browser.new_context()
-        tab = context.new_page()
-        tab.set_default_timeout(120_000)
-        tab.goto(url)
-        tab.wait_for_selector(TEXTAREA)
+        context, tab = open_tab(browser, url)
         open_from_sidebar(tab, (url, tmp_path), title)
         tab.locator(USER).first.locator("img").first.wait_for()
         assert tab.locator(USER).first.locator("img").count() == 1

@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from conftest import image_bytes
-from vlassist.config import load_settings
 from vlassist.conversation import GenerationOptions, Turn
-from vlassist.engine import load_engine
 from vlassist.fastdecode import build_decoder
 from vlassist.images import load_image
 
@@ -17,13 +15,6 @@ PLAIN = GenerationOptions(max_new_tokens=16, min_new_tokens=16, max_image_tokens
 def _img(size=(96, 64), color=(200, 30, 30)):
     return load_image(image_bytes(size, color))
 
-
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
-def static_engine(request):
-    """A tiny engine decoding through the static cache (the CUDA path without the graph), small buffers."""
-    folder = request.getfixturevalue({"qwen2_5_vl": "tiny_qwen25", "qwen3_vl": "tiny_qwen3"}[request.param])
-    return load_engine(load_settings({"VLASSIST_MODEL_DIR": str(folder), "VLASSIST_DEVICE": "cpu",
-                                      "VLASSIST_COMPILE": "static", "VLASSIST_DECODE_CONTEXT": "256"}))
 
 
 def test_static_decoding_matches_the_reference(static_engine):

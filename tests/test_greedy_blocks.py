@@ -3,9 +3,7 @@
 import pytest
 
 from conftest import image_bytes
-from vlassist.config import load_settings
 from vlassist.conversation import GenerationOptions, Turn
-from vlassist.engine import load_engine
 from vlassist.images import load_image
 
 FORCED = GenerationOptions(max_new_tokens=20, min_new_tokens=20, max_image_tokens=256)
@@ -15,13 +13,6 @@ FREE = GenerationOptions(max_new_tokens=20, max_image_tokens=256)
 def _img(size=(96, 64), color=(200, 30, 30)):
     return load_image(image_bytes(size, color))
 
-
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
-def static_engine(request):
-    """A tiny engine decoding through the static buffers on the CPU (the greedy step runs uncaptured)."""
-    folder = request.getfixturevalue({"qwen2_5_vl": "tiny_qwen25", "qwen3_vl": "tiny_qwen3"}[request.param])
-    return load_engine(load_settings({"VLASSIST_MODEL_DIR": str(folder), "VLASSIST_DEVICE": "cpu",
-                                      "VLASSIST_COMPILE": "static", "VLASSIST_DECODE_CONTEXT": "256"}))
 
 
 def _answer(engine, turns, options, block):
