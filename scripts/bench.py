@@ -214,7 +214,11 @@ def per_step_decode(engine, image, tokens, repeats):
 
 
 def followup_breakdown(engine, image, repeats=3):
-    """Where a follow-up's time to first token goes, ms per phase (median), measured outside the engine."""
+    """Where a follow-up's time to first token goes, ms per phase (median), measured outside the engine.
+
+    Follows the engine's own path: the short prefill into the static buffers when it applies (and
+    `engine.short_prefill` is on), else the eager prefill into a growing cache and the copy into the buffers.
+    """
     from vlassist.decode import choose, new_cache, prefill, rope_positions
     from vlassist.engine import _images, _uncached_images
     from vlassist.kvcache import fingerprint, image_key
@@ -222,6 +226,7 @@ def followup_breakdown(engine, image, repeats=3):
     options = GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384)
     first = [Turn("user", "Describe this screenshot in detail.", [image])]
     phases: dict[str, list[float]] = {}
+    path = "eager"
     for _ in range(repeats + 1):
         engine.prefixes.clear()
         text, _ = answer(engine, first, options)
@@ -236,28 +241,51 @@ def followup_breakdown(engine, image, repeats=3):
             inputs, sizings = engine.encode(turns, options)
             mark("encode")
             ids, grid = inputs["input_ids"], inputs.get("image_grid_thw")
-            positions, _ = rope_positions(engine.model, ids, inputs.get("mm_token_type_ids"), grid)
-            mark("rope_positions")
             keys = [image_key(im.sha256, s.input_size) for im, s in zip(_images(turns), sizings)]
             counts = [] if grid is None else (grid.prod(-1) // engine._merge**2).tolist()
             tokens = fingerprint(ids[0].tolist(), engine._image_token, keys, counts)
             entry, reused = engine.prefixes.lookup(tokens)
-            pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
+            total = ids.shape[1] + 4
+            fast = engine.fast
             mark("lookup")
-            cache = new_cache(engine.model, entry.layers if entry else None, reused)
-            mark("prefix_copy")
-            scores = prefill(engine.model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)
-            mark("prefill")
-            if engine.fast is not None:
-                engine.fast.start(cache, ids.shape[1], ids.shape[1] + 4)
-            mark("static_copy")
+            if engine._short_prefill_fits(fast, entry, tokens, reused, total) and entry.delta is not None:
+                path = "short"
+                scores = fast.prefill_short(ids[:, reused:], tokens, reused, entry.delta, entry.layers, total)
+                mark("prefill")
+            else:
+                positions, _ = rope_positions(engine.model, ids, inputs.get("mm_token_type_ids"), grid)
+                pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
+                mark("rope_positions")
+                cache = new_cache(engine.model, entry.layers if entry else None, reused)
+                mark("prefix_copy")
+                scores = prefill(engine.model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)
+                mark("prefill")
+                if fast is not None:
+                    fast.start(cache, ids.shape[1], total)
+                mark("static_copy")
             int(choose(scores, ids, [], greedy=True))
             mark("choose")
         for (_, t0), (name, t1) in zip(marks, marks[1:]):
             phases.setdefault(name, []).append(1000 * (t1 - t0))
     result = {name: round(statistics.median(v[1:]), 2) for name, v in phases.items()}
     result["new_tokens"] = int(ids.shape[1] - reused)
+    result["path"] = path
     return result
+
+
+def short_prefill_ab(engine, image, repeats, followup_tokens):
+    """Engine follow-up TTFT with the short prefill on (default) and off, plus the breakdown of each path."""
+    out = {}
+    for name, on in (("short", True), ("eager", False)):
+        engine.short_prefill = on
+        try:
+            row = measure(engine, image, followup_tokens, True, repeats, followup_tokens)
+            out[name] = {f: row[f] for f in ("followup_ttft_ms", "followup_ttft_first_ms", "followup_ttft_all_ms",
+                                             "followup_prompt_tokens", "followup_reused_tokens")}
+            out[name]["breakdown_ms"] = followup_breakdown(engine, image)
+        finally:
+            engine.short_prefill = True
+    return out
 
 
 def peak_memory(engine, image, tokens, use_cache):
@@ -372,7 +400,9 @@ def main(argv=None) -> int:
         "weights": weights, "versions": info.versions | {"python": platform.python_version()},
         "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "followup_tokens": args.followup_tokens,
         "decode": info.decode, "decode_reason": info.decode_reason, "decode_block": engine.decode_block, "decode_buckets": getattr(
-            engine.fast, "sizes", None), "load_s": info.load_s, "warmup_s": info.warmup_s, "rows": rows,
+            engine.fast, "sizes", None), "prefill_buckets": getattr(engine.fast, "prefill_sizes", None),
+        "prefill_graphs": len(getattr(engine.fast, "pf_graphs", {})),
+        "prefill_capture_s": getattr(engine.fast, "prefill_s", None), "load_s": info.load_s, "warmup_s": info.warmup_s, "rows": rows,
         "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }
     out = Path(args.out)
@@ -399,6 +429,8 @@ def main(argv=None) -> int:
         extra("prefill_cudnn_ab", lambda: cudnn_ab(engine, mid, args.repeats, args.followup_tokens))
         extra("decode_graph_mode", lambda: decode_mode_compare(engine, mid, args.tokens, 3, "graph"))
     extra("followup_breakdown_ms", lambda: followup_breakdown(engine, mid))
+    if engine.fast is not None:
+        extra("short_prefill_ab", lambda: short_prefill_ab(engine, mid, args.repeats, args.followup_tokens))
     if engine.fast is not None:
         extra("decode_per_step", lambda: per_step_decode(engine, mid, args.tokens, 3))
     peaks = {"engine": None, "generate": None}

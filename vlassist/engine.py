@@ -77,6 +77,7 @@ class Engine:
         self._merge = model.config.vision_config.spatial_merge_size
         self._pixel_memo: OrderedDict = OrderedDict()  # (sha256, input size) -> (pixel rows, grid) on the device
         self.decode_block = DECODE_BLOCK  # 0: choose every token on the host, one step at a time
+        self.short_prefill = True  # few new text tokens after a reused prefix: prefill them in the static buffers
 
     @property
     def busy(self) -> bool:
@@ -260,26 +261,34 @@ class Engine:
         model, ids = self.model, inputs["input_ids"]  # ids: (1, L)
         grid = inputs.get("image_grid_thw")  # (images, 3) or None
         length = ids.shape[1]
-        positions, delta = rope_positions(model, ids, inputs.get("mm_token_type_ids"), grid)  # (4, 1, L)
         counts = [] if grid is None else (grid.prod(-1) // self._merge**2).tolist()
         tokens = fingerprint(ids[0].tolist(), self._image_token, image_keys, counts)
         entry, reused = self.prefixes.lookup(tokens)
         stats.reused_tokens = reused
-        pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
-        cache = new_cache(model, entry.layers if entry else None, reused)
-        scores = prefill(model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)  # (1, V)
-        streamer.put(ids.cpu())
         total = length + options.max_new_tokens
         fast = self.fast if self.fast is not None and self.fast.fits(total) else None
-        if fast is not None:
-            fast.start(cache, length, total)
+        if self._short_prefill_fits(fast, entry, tokens, reused, total):
+            # Only text follows the reused prefix: positions continue it, so the whole-prompt M-RoPE pass is
+            # needed only when the stored entry did not record its delta or has images past the cut.
+            delta = entry.delta if entry.delta is not None and (entry.tokens[reused:] >= 0).all() else rope_positions(
+                model, ids, inputs.get("mm_token_type_ids"), grid)[1]
+            scores = fast.prefill_short(ids[:, reused:], tokens, reused, delta, entry.layers, total)  # (1, V)
+            cache = None
+        else:
+            positions, delta = rope_positions(model, ids, inputs.get("mm_token_type_ids"), grid)  # (4, 1, L)
+            pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
+            cache = new_cache(model, entry.layers if entry else None, reused)
+            scores = prefill(model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)  # (1, V)
+            if fast is not None:
+                fast.start(cache, length, total)
+        streamer.put(ids.cpu())
         processors, sequence = self._processors(options, length), ids
         token = choose(scores, sequence, processors, greedy=options.precise)  # (1,) on the device
         if (fast is not None and self.decode_block > 0 and options.precise and not options.json_schema
                 and fast.greedy_ready()):
             answer = self._greedy_blocks(fast, token, length, delta, options, stop, streamer)
             fed = length + len(answer) - 1  # the last chosen token's K/V is not kept (as on the per-step path)
-            self.prefixes.put(np.concatenate([tokens, np.asarray(answer[:-1], dtype=np.int64)]), fast.layers(fed))
+            self._keep(np.concatenate([tokens, np.asarray(answer[:-1], dtype=np.int64)]), fast.layers(fed), delta, fast)
             return torch.cat([ids.cpu(), torch.tensor([answer], dtype=ids.dtype)], dim=1)
         for step in range(options.max_new_tokens):
             sequence = torch.cat([sequence, token.view(1, 1)], dim=1)
@@ -298,8 +307,19 @@ class Engine:
         fed = sequence.shape[1] - 1  # the last chosen token never ran through the model
         answer = sequence[0, length:fed].cpu().numpy()
         layers = fast.layers(fed) if fast is not None else cache_layers(cache, fed)
-        self.prefixes.put(np.concatenate([tokens, answer]), layers)
+        self._keep(np.concatenate([tokens, answer]), layers, delta, fast)
         return sequence
+
+    def _short_prefill_fits(self, fast, entry, tokens, reused: int, total: int) -> bool:
+        """True if the new tokens are few, all text, and can be prefilled straight into the static buffers."""
+        return (fast is not None and self.short_prefill and entry is not None and reused > 0
+                and bool((tokens[reused:] >= 0).all()) and fast.takes(len(tokens) - reused, reused, total))
+
+    def _keep(self, tokens: np.ndarray, layers, delta: int, fast) -> None:
+        """Store the K/V of `tokens`; the static buffers still hold them, so a follow-up need not copy them back."""
+        self.prefixes.put(tokens, layers, delta)
+        if fast is not None:
+            fast.held = tokens
 
     def _greedy_blocks(self, fast, token, length, delta, options, stop, streamer) -> list[int]:
         """Greedy answer tokens chosen on the device, read back every `decode_block` steps.

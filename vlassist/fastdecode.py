@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
+import numpy as np
 import torch
+from torch.nn.attention import sdpa_kernel
 from transformers import StaticCache
 
+from . import decode
 from .decode import decode_step, new_cache, prefill, rope_positions
 
 log = logging.getLogger(__name__)
@@ -16,6 +20,9 @@ MODES = ("compile", "graph", "static")  # fastest first: each falls back to the 
 
 
 BUCKETS = (2048, 4096)  # decode contexts captured besides VLASSIST_DECODE_CONTEXT itself, each a CUDA graph
+# New-token counts of a follow-up that is prefilled straight into the static buffers (padded up to the bucket);
+# eager prefill of a few dozen tokens is launch-bound, so each (bucket, decode context) is one CUDA graph.
+PREFILL_BUCKETS = (16, 32, 64, 128)
 
 
 class StaticDecoder:
@@ -26,7 +33,7 @@ class StaticDecoder:
     first slots of one buffer, so no K/V is copied between them; each has its own captured graph.
     """
 
-    def __init__(self, model, max_tokens: int, mode: str, buckets=BUCKETS):
+    def __init__(self, model, max_tokens: int, mode: str, buckets=BUCKETS, prefill_buckets=PREFILL_BUCKETS):
         text = model.config.get_text_config()
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.model, self.max_tokens, self.mode = model, max_tokens, mode
@@ -51,6 +58,15 @@ class StaticDecoder:
         self.until = torch.zeros((), dtype=torch.long, device=device)  # ban them while the sequence is shorter
         self.greedy_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.greedy_note = ""  # why in-graph greedy is off, if it is
+        # Short prefill: new tokens padded to a bucket; meta = (start slot, M-RoPE delta, end slot) on the device.
+        self.prefill_sizes = tuple(n for n in sorted(prefill_buckets) if n < max_tokens)
+        self.pf_ids = torch.zeros(1, max(self.prefill_sizes, default=1), dtype=torch.long, device=device)  # (1, P)
+        self.pf_meta = torch.zeros(3, dtype=torch.long, device=device)  # (3,)
+        self.pf_logits: dict[tuple[int, int], torch.Tensor] = {}  # (P, bucket) -> (1, V)
+        self.pf_graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.prefill_note = ""  # why captured short prefill is off, if it is
+        self.prefill_s = 0.0  # seconds spent capturing the short-prefill graphs
+        self.held: np.ndarray | None = None  # fingerprint tokens whose K/V fill slots [0, len) of the buffers
         self._fn = self._step
         if mode == "compile":
             # Only the hot step is compiled (once per bucket); the graphs remove the launch overhead of the rest.
@@ -91,6 +107,7 @@ class StaticDecoder:
     def start(self, cache, length: int, total: int | None = None) -> None:
         """Copy the first `length` tokens of a prefilled cache into the buffers; decode in the bucket for `total`."""
         self.size = next(n for n in self.sizes if n >= (total or self.max_tokens))
+        self.held = None
         for mine, theirs in zip(self.cache.layers, cache.layers if length else []):
             mine.keys[:, :, :length].copy_(theirs.keys[:, :, :length])  # (1, kv_heads, length, head_dim)
             mine.values[:, :, :length].copy_(theirs.values[:, :, :length])
@@ -110,6 +127,64 @@ class StaticDecoder:
             graph.replay()
             return self.logits[self.size]
         return self._fn(self.caches[self.size], self.masks[self.size])
+
+    def takes(self, count: int, start: int, total: int) -> bool:
+        """True if `count` new tokens after `start` cached ones can be prefilled here (a graph, or uncaptured)."""
+        p = next((n for n in self.prefill_sizes if n >= count), None)
+        if p is None or start < 1 or count < 1 or max(total, start + p) > self.max_tokens:
+            return False
+        size = next(n for n in self.sizes if n >= max(total, start + p))
+        return (p, size) in self.pf_graphs or (not self.graphs and not self.prefill_note)
+
+    def prefill_short(self, new_ids: torch.Tensor, tokens: np.ndarray, start: int, delta: int, prefix, total: int):
+        """Prefill new_ids (1, S) at slots start.. straight into the buffers; logits of the last one, (1, V).
+
+        `prefix` holds the stored per-layer K/V of the first `start` fingerprint `tokens`; it is copied in only
+        when the buffers do not already hold them (a follow-up usually finds its own conversation still there).
+        Decoding then continues in the bucket for `total`.
+        """
+        count = new_ids.shape[1]
+        p = next(n for n in self.prefill_sizes if n >= count)
+        self.size = next(n for n in self.sizes if n >= max(total, start + p))
+        held, self.held = self.held, None
+        if held is None or len(held) < start or not np.array_equal(held[:start], tokens[:start]):
+            for mine, (keys, values) in zip(self.cache.layers, prefix):
+                mine.keys[:, :, :start].copy_(keys[:, :, :start])  # (1, kv_heads, start, head_dim)
+                mine.values[:, :, :start].copy_(values[:, :, :start])
+        self.pf_ids[:, :count].copy_(new_ids)
+        self.pf_meta.copy_(torch.tensor([start, delta, start + count]))
+        graph = self.pf_graphs.get((p, self.size))
+        if graph is not None:
+            graph.replay()
+            return self.pf_logits[(p, self.size)]
+        return self._prefill(p, self.size)
+
+    def _prefill(self, p: int, size: int) -> torch.Tensor:
+        """P tokens of pf_ids at slots start..start+P-1 of bucket `size`: logits (1, V) of the last real one.
+
+        Slots past the real tokens get padding K/V; the decode mask (set here to slots < end) hides them until
+        decode steps overwrite them, and real queries never see them (causal), so answers do not depend on P.
+        """
+        start, delta, end = self.pf_meta[0], self.pf_meta[1], self.pf_meta[2]  # () each, on the device
+        device = self.pf_ids.device
+        slots = torch.arange(p, device=device) + start  # (P,)
+        text = slots.view(1, 1, p)
+        positions = torch.cat([text, (text + delta).expand(3, 1, p)])  # (4, 1, P): text tokens after the prefix
+        keys = torch.arange(size, device=device)  # (size,)
+        mask = (keys.view(1, size) <= slots.view(p, 1)).view(1, 1, p, size)  # prefix and earlier new tokens
+        for layer in self.cache.layers:
+            layer.cumulative_length.copy_(start)  # where this prefill writes; shared with every bucket's view
+        embeds = self.model.model.get_input_embeddings()(self.pf_ids[:, :p])  # (1, P, H)
+        backends = (sdpa_kernel(decode.PREFILL_BACKENDS) if decode.PREFILL_BACKENDS and device.type == "cuda"
+                    else contextlib.nullcontext())
+        with backends:
+            out = self.model.model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
+                                                  past_key_values=self.caches[size], use_cache=True)
+        last = out.last_hidden_state.index_select(1, (end - start - 1).view(1))  # (1, 1, H)
+        for layer in self.cache.layers:
+            layer.cumulative_length.copy_(end)  # the first answer token goes right after the real tokens
+        self.mask.copy_((torch.arange(self.max_tokens, device=device) < end).view(1, 1, 1, -1))
+        return self.model.lm_head(last).float()[:, -1]  # (1, V)
 
     def greedy_ready(self) -> bool:
         """True if greedy steps can run here: a captured greedy graph for the bucket, or the uncaptured step."""
@@ -173,6 +248,48 @@ class StaticDecoder:
             self.greedy_graphs.clear()
             self.greedy_note = f"in-graph greedy off ({type(exc).__name__}: {str(exc).strip()[:120]})"
             log.warning("%s", self.greedy_note)
+        started = time.perf_counter()
+        try:
+            self._capture_prefill()
+        except Exception as exc:  # follow-ups still work: they prefill eagerly and copy into the buffers
+            self.pf_graphs.clear()
+            self.pf_logits.clear()
+            self.prefill_note = f"short prefill graphs off ({type(exc).__name__}: {str(exc).strip()[:120]})"
+            log.warning("%s", self.prefill_note)
+        self.prefill_s = time.perf_counter() - started
+        self.start(new_cache(self.model), 0)  # the buffers hold nothing a follow-up could reuse
+
+    def _capture_prefill(self) -> None:
+        """Capture the short prefill per (new-token bucket, decode bucket), then check one against uncaptured."""
+        pool = torch.cuda.graph_pool_handle()  # replayed one at a time, their logits read before the next
+        for size in self.sizes:
+            for p in self.prefill_sizes:
+                if p >= size:
+                    continue
+                self.start(new_cache(self.model), 0, size)
+                self.pf_meta.copy_(torch.tensor([1, 0, 1 + p]))
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        self._prefill(p, size)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.pf_logits[(p, size)] = self._prefill(p, size)
+                self.pf_graphs[(p, size)] = graph
+        # Same state twice (a 5-token follow-up after 3 cached slots): the replay must equal the uncaptured run.
+        p, size = min(self.pf_graphs)
+        self.pf_ids.copy_(torch.arange(self.pf_ids.shape[1], device=self.pf_ids.device).view(1, -1) % 7 + 1)
+        self.pf_meta.copy_(torch.tensor([3, 2, 8]))
+        self.pf_graphs[(p, size)].replay()
+        captured = self.pf_logits[(p, size)].clone()
+        reference = self._prefill(p, size)
+        scale = float(reference.abs().max())
+        if not (torch.equal(captured.argmax(-1), reference.argmax(-1))
+                and torch.allclose(captured, reference, rtol=1e-3, atol=1e-3 * scale)):
+            raise RuntimeError("captured short prefill differs from the uncaptured one")
+        torch.cuda.synchronize()
 
     def _capture_greedy(self, check_steps: int = 4) -> None:
         """Capture the greedy step per bucket, then check it chooses what the per-step graph plus argmax does."""
@@ -242,7 +359,10 @@ def build_decoder(model, requested: str, max_tokens: int) -> tuple[StaticDecoder
                 decoder = StaticDecoder(model, max_tokens, mode)
                 if mode != "static":
                     decoder.capture()
-                notes = [f"{mode} decode step warmed up"] + ([decoder.greedy_note] if decoder.greedy_note else [])
+                notes = [f"{mode} decode step warmed up"] + [n for n in (decoder.greedy_note, decoder.prefill_note) if n]
+                if decoder.pf_graphs:
+                    notes.append(f"follow-ups of up to {max(decoder.prefill_sizes)} new tokens prefill in captured"
+                                 f" graphs ({len(decoder.pf_graphs)}, {decoder.prefill_s:.1f} s)")
                 reason = "; ".join(failures + notes)
                 return decoder, mode, reason, time.perf_counter() - started
             except Exception as exc:  # fall back to the next mode, and say why

@@ -58,6 +58,7 @@ class Entry:
     tokens: np.ndarray
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     nbytes: int
+    delta: int | None = None  # M-RoPE offset of text after these tokens' images (None: not recorded)
 
 
 class PrefixStore:
@@ -87,8 +88,8 @@ class PrefixStore:
             self._entries.move_to_end(best_id)
         return best, best_len
 
-    def put(self, tokens: np.ndarray, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-        """Keep the K/V of `tokens` (len(tokens) positions); False when it alone exceeds the budget."""
+    def put(self, tokens: np.ndarray, layers: list[tuple[torch.Tensor, torch.Tensor]], delta: int | None = None) -> bool:
+        """Keep the K/V of `tokens` (len(tokens) positions) and their M-RoPE delta; False when over the budget."""
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if nbytes > self.budget_bytes or not len(tokens):
             return False
@@ -98,7 +99,7 @@ class PrefixStore:
             del self._entries[entry_id]
         while self._entries and self.nbytes + nbytes > self.budget_bytes:
             self._entries.popitem(last=False)
-        self._entries[self._next_id] = Entry(tokens.copy(), layers, nbytes)
+        self._entries[self._next_id] = Entry(tokens.copy(), layers, nbytes, delta)
         self._next_id += 1
         return True
 
