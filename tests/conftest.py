@@ -119,3 +119,14 @@ def start_app():
     at = AppTest.from_file(str(ROOT / "qwen_vl_app.py"), default_timeout=180).run()
     assert not at.exception, at.exception
     return at
+
+
+def ask_app(at, question: str, *files: tuple[str, bytes, str], length: int = 128):
+    """Type a question (with attached files) into the app's chat box under an answer-length limit, and send it."""
+    at.select_slider(key="opt_max_new_tokens").set_value(length)
+    box = at.chat_input(key="chat_input").set_value(question)
+    for name, data, mime in files:
+        box.upload(name, data, mime)
+    at.run()
+    assert not at.exception, at.exception
+    return at

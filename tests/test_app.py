@@ -6,9 +6,8 @@ import threading
 
 import pytest
 from sqlalchemy import text
-from streamlit.testing.v1 import AppTest
 
-from conftest import image_bytes, start_app, stored, use_app_env
+from conftest import ask_app, image_bytes, start_app, stored, use_app_env
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
 from vlassist.history import History, NewImage
@@ -25,19 +24,11 @@ def app_env(monkeypatch, tmp_path, tiny_qwen25):
     return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen25)
 
 
-def ask(at: AppTest, question: str, *files: tuple[str, bytes, str]) -> AppTest:
-    at.select_slider(key="opt_max_new_tokens").set_value(128)
-    box = at.chat_input(key="chat_input").set_value(question)
-    for name, data, mime in files:
-        box.upload(name, data, mime)
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):
     """An image plus a question gives a streamed answer; both turns, the image and the stats are stored."""
-    at = ask(start_app(), "What is shown?", ("shot.png", image_bytes((120, 80)), "image/png"))
+    at = ask_app(start_app(), "What is shown?", ("shot.png", image_bytes((120, 80)), "image/png"))
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
     [conversation] = stored(app_env)
     user, answer = conversation.messages
@@ -51,7 +42,7 @@ def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):
 
 def test_conversation_reopens_in_a_fresh_app_run(app_env):
     """After a fresh app start, the sidebar lists the conversation and opening it shows its messages."""
-    ask(start_app(), "Remember me", ("a.png", image_bytes(), "image/png"))
+    ask_app(start_app(), "Remember me", ("a.png", image_bytes(), "image/png"))
     at = start_app()
     [conversation] = stored(app_env)
     assert at.session_state["conversation_id"] is None
@@ -63,8 +54,8 @@ def test_conversation_reopens_in_a_fresh_app_run(app_env):
 
 def test_follow_up_continues_the_same_conversation_with_its_images(app_env):
     """A second question goes to the same conversation and the model sees the first turn's image again."""
-    at = ask(start_app(), "First", ("a.png", image_bytes((64, 64)), "image/png"))
-    ask(at, "And now?")
+    at = ask_app(start_app(), "First", ("a.png", image_bytes((64, 64)), "image/png"))
+    ask_app(at, "And now?")
     [conversation] = stored(app_env)
     assert [m.role for m in conversation.messages] == ["user", "assistant", "user", "assistant"]
     follow_up = conversation.messages[-1].stats
@@ -73,14 +64,14 @@ def test_follow_up_continues_the_same_conversation_with_its_images(app_env):
 
 def test_text_only_question_is_answered(app_env):
     """A question without images is answered and stored."""
-    ask(start_app(), "Just text")
+    ask_app(start_app(), "Just text")
     [conversation] = stored(app_env)
     assert conversation.messages[-1].role == "assistant" and conversation.messages[-1].stats["visual_tokens"] == 0
 
 
 def test_bad_file_is_refused_with_a_message_and_nothing_stored(app_env):
     """A file that is not an image is named in an error, nothing is stored, and the question is put back."""
-    at = ask(start_app(), "Keep my words", ("notes.png", b"not an image", "image/png"))
+    at = ask_app(start_app(), "Keep my words", ("notes.png", b"not an image", "image/png"))
     assert any("notes.png" in e.value for e in at.error)
     assert stored(app_env) == []
     assert at.chat_input(key="chat_input").value == "Keep my words"
@@ -91,13 +82,13 @@ def test_preset_fills_the_chat_box_and_is_stored_with_the_answer(app_env):
     at = start_app()
     at.button(key="preset_ocr").click().run()
     assert at.chat_input(key="chat_input").value == preset_prompt("ocr")
-    ask(at, preset_prompt("ocr"), ("a.png", image_bytes(), "image/png"))
+    ask_app(at, preset_prompt("ocr"), ("a.png", image_bytes(), "image/png"))
     assert stored(app_env)[0].messages[-1].preset == "ocr"
 
 
 def test_delete_from_sidebar_removes_rows_and_orphan_images(app_env):
     """Deleting the open conversation removes its messages and its images from the database."""
-    at = ask(start_app(), "Delete me", ("a.png", image_bytes(), "image/png"))
+    at = ask_app(start_app(), "Delete me", ("a.png", image_bytes(), "image/png"))
     [conversation] = stored(app_env)
     at.checkbox(key=f"confirm_delete_{conversation.id}").check().run()
     at.button(key=f"delete_{conversation.id}").click().run()
@@ -112,7 +103,7 @@ def test_delete_from_sidebar_removes_rows_and_orphan_images(app_env):
 
 def test_rename_from_sidebar(app_env):
     """Editing the title in the sidebar renames the conversation."""
-    at = ask(start_app(), "Old title")
+    at = ask_app(start_app(), "Old title")
     [conversation] = stored(app_env)
     at.text_input(key=f"rename_{conversation.id}").input("Better title").run()
     assert stored(app_env)[0].title == "Better title"

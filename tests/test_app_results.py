@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import image_bytes, start_app, stored, use_app_env
+from conftest import ask_app, image_bytes, start_app, stored, use_app_env
 from vlassist.annotate import crop_box
 from vlassist.history import History, NewImage
 from vlassist.images import load_image
@@ -41,14 +41,13 @@ def app_env3(monkeypatch, tmp_path, tiny_qwen3):
     return use_app_env(monkeypatch, tmp_path / "data", tiny_qwen3)
 
 
-def ask(at: AppTest, question: str, *files: tuple[str, bytes, str], length: int = 128) -> AppTest:
-    at.select_slider(key="opt_max_new_tokens").set_value(length)
-    box = at.chat_input(key="chat_input").set_value(question)
-    for name, data, mime in files:
-        box.upload(name, data, mime)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+
+
+def paste_schema(at, schema_text: str):
+    """Choose the JSON preset, switch its control to a pasted schema, and paste `schema_text`."""
+    at.button(key="preset_json").click().run()
+    at.radio(key="json_source").set_value("schema").run()
+    return at.text_area(key="json_schema_text").input(schema_text)
 
 
 def panel_png() -> bytes:
@@ -95,7 +94,7 @@ def test_json_fields_answer_is_constrained_stored_and_shown(app_env):
     at = start_app()
     at.button(key="preset_json").click().run()
     at.text_input(key="json_fields").input("vendor, total:number, paid:boolean").run()
-    ask(at, PRESETS["json"].prompt, ("invoice.png", image_bytes((120, 80)), "image/png"), length=JSON_LENGTH)
+    ask_app(at, PRESETS["json"].prompt, ("invoice.png", image_bytes((120, 80)), "image/png"), length=JSON_LENGTH)
     [conversation] = stored(app_env)
     question, answer = conversation.messages
     schema = json.dumps(fields_schema("vendor, total:number, paid:boolean"))
@@ -112,7 +111,7 @@ def test_json_template_answer_validates_on_qwen3(app_env3):
     at.button(key="preset_json").click().run()
     at.radio(key="json_source").set_value("template").run()
     at.selectbox(key="json_template").set_value("meter").run()
-    ask(at, PRESETS["json"].prompt, ("meter.png", image_bytes((96, 96)), "image/png"), length=JSON_LENGTH)
+    ask_app(at, PRESETS["json"].prompt, ("meter.png", image_bytes((96, 96)), "image/png"), length=JSON_LENGTH)
     [conversation] = stored(app_env3)
     answer = conversation.messages[-1]
     assert json.loads(answer.options["json_schema"]) == template_schema("meter")
@@ -122,19 +121,15 @@ def test_json_template_answer_validates_on_qwen3(app_env3):
 def test_invalid_pasted_schema_is_reported_under_the_control(app_env):
     """A pasted schema that is not JSON is reported at once, before anything is sent."""
     at = start_app()
-    at.button(key="preset_json").click().run()
-    at.radio(key="json_source").set_value("schema").run()
-    at.text_area(key="json_schema_text").input('{"type": "object", "properties": ').run()
+    paste_schema(at, '{"type": "object", "properties": ').run()
     assert any("not valid JSON" in e.value for e in at.error)
 
 
 def test_sending_with_invalid_schema_stores_nothing_and_keeps_everything(app_env):
     """Sending under a bad schema stores nothing; the question, the pasted schema and the image are kept."""
     at = start_app()
-    at.button(key="preset_json").click().run()
-    at.radio(key="json_source").set_value("schema").run()
-    at.text_area(key="json_schema_text").input('{"type": "objekt"}').run()
-    ask(at, "Read the panel", ("panel.png", image_bytes(), "image/png"))
+    paste_schema(at, '{"type": "objekt"}').run()
+    ask_app(at, "Read the panel", ("panel.png", image_bytes(), "image/png"))
     assert stored(app_env) == []
     assert any("Not sent" in e.value for e in at.error)
     assert at.chat_input(key="chat_input").value == "Read the panel"
@@ -145,13 +140,11 @@ def test_sending_with_invalid_schema_stores_nothing_and_keeps_everything(app_env
 def test_fixed_schema_sends_the_kept_image(app_env):
     """After a refused send, fixing the schema sends the question with the image kept from the first try."""
     at = start_app()
-    at.button(key="preset_json").click().run()
-    at.radio(key="json_source").set_value("schema").run()
-    at.text_area(key="json_schema_text").input("[]").run()
-    ask(at, "Read the panel", ("panel.png", image_bytes(), "image/png"))
+    paste_schema(at, "[]").run()
+    ask_app(at, "Read the panel", ("panel.png", image_bytes(), "image/png"))
     schema = {"type": "object", "properties": {"reading": {"type": "number"}}, "required": ["reading"]}
     at.text_area(key="json_schema_text").input(json.dumps(schema)).run()
-    ask(at, "Read the panel", length=JSON_LENGTH)
+    ask_app(at, "Read the panel", length=JSON_LENGTH)
     [conversation] = stored(app_env)
     question, answer = conversation.messages
     assert [i.name for i in question.images] == ["panel.png"]
