@@ -37,7 +37,9 @@ def test_preview_renders_and_fetches_nothing(browser):
     """The page's text and inline styles render; no request leaves for the network and no script runs."""
     page = browser.new_page()
     requests: list[str] = []
+    blocked: list[str] = []  # stopped inside the browser by the preview's CSP, before any network access
     page.on("request", lambda r: requests.append(r.url))
+    page.on("requestfailed", lambda r: blocked.append(r.url) if r.failure in ("csp", "net::ERR_BLOCKED_BY_CSP") else None)
     page.set_content(preview_document(HOSTILE_PAGE))
     page.wait_for_timeout(800)
     frame = next(f for f in page.frames if f != page.main_frame)
@@ -46,5 +48,6 @@ def test_preview_renders_and_fetches_nothing(browser):
     assert heading.evaluate("e => getComputedStyle(e).color") == "rgb(200, 0, 0)"
     frame.locator("#out").click(no_wait_after=True)
     page.wait_for_timeout(500)
-    assert [u for u in requests if u.startswith(("http:", "https:", "ws:"))] == []
+    # Chromium's preload scanner may issue a request that the CSP then blocks; none may get past it.
+    assert [u for u in requests if u.startswith(("http:", "https:", "ws:")) and u not in blocked] == []
     assert frame.evaluate("document.title") != "script ran"
