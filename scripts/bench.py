@@ -24,20 +24,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vlassist import offline  # noqa: F401,E402
-
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from vlassist import offline  # noqa: F401,E402
 from vlassist.config import load_settings  # noqa: E402
 from vlassist.conversation import GenerationOptions, Turn  # noqa: E402
 from vlassist.engine import Engine, load_engine  # noqa: E402
-from vlassist.fastdecode import build_decoder  # noqa: E402
+from vlassist.engine import decode as decode_module  # noqa: E402
+from vlassist.engine.fastdecode import build_decoder  # noqa: E402
+from vlassist.engine.loader import ModelInfo, _chat_template, _image_only_processor  # noqa: E402
+from vlassist.engine.vision_attention import use_varlen  # noqa: E402
 from vlassist.images import load_image  # noqa: E402
-from vlassist.loader import ModelInfo, _chat_template, _image_only_processor  # noqa: E402
-from vlassist import decode as decode_module  # noqa: E402
-from vlassist.vision_attention import use_varlen  # noqa: E402
 
 SIZES = {"448x448": (448, 448), "1024x1024": (1024, 1024), "1920x1080": (1920, 1080)}
 SIZES_7B = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -162,8 +161,8 @@ def cudnn_ab(engine, image, repeats, followup_tokens):
 
 def preprocessing_ms(engine, image):
     """Host-side processor (PIL backend) vs device-side patchify, ms for one image (median of 3)."""
+    from vlassist.engine.pixels import patchify
     from vlassist.images import resize_for_model
-    from vlassist.pixels import patchify
 
     sizing = engine.plan(image, GenerationOptions(max_image_tokens=16384))
     resized = resize_for_model(image.image, sizing)
@@ -219,9 +218,9 @@ def followup_breakdown(engine, image, repeats=3):
     Follows the engine's own path: the short prefill into the static buffers when it applies (and
     `engine.short_prefill` is on), else the eager prefill into a growing cache and the copy into the buffers.
     """
-    from vlassist.decode import choose, new_cache, prefill, rope_positions
-    from vlassist.engine import _images, _uncached_images
-    from vlassist.kvcache import fingerprint, image_key
+    from vlassist.engine.core import _images, _uncached_images
+    from vlassist.engine.decode import choose, new_cache, prefill, rope_positions
+    from vlassist.engine.kvcache import fingerprint, image_key
 
     options = GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384)
     first = [Turn("user", "Describe this screenshot in detail.", [image])]
@@ -396,7 +395,7 @@ def main(argv=None) -> int:
     peak_name = "1920x1080" if "1920x1080" in images else first_size
     device = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "device": device,
         "weights": weights, "versions": info.versions | {"python": platform.python_version()},
         "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "followup_tokens": args.followup_tokens,
         "decode": info.decode, "decode_reason": info.decode_reason, "decode_block": engine.decode_block, "decode_buckets": getattr(

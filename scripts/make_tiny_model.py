@@ -126,7 +126,7 @@ def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Pat
         )
         image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2)
     elif family == "qwen3_vl":
-        from transformers import Qwen3VLConfig, Qwen2VLImageProcessorPil
+        from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig
 
         config = Qwen3VLConfig(
             text_config=dict(text_common, head_dim=16, rope_parameters={

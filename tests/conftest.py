@@ -92,7 +92,7 @@ def use_app_env(monkeypatch, data_dir: Path, model_dir: Path) -> Path:
 
 def stored(data_dir: Path, owner: str = "local") -> list:
     """Every conversation of one owner as the app stored it, read through a fresh connection."""
-    from vlassist.history import History
+    from vlassist.store.history import History
 
     history = History.open(data_dir)
     store = history.for_owner(owner)

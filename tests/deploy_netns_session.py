@@ -42,10 +42,10 @@ def interfaces() -> list[str]:
 
 def main(model_dir: Path, work: Path, result_path: Path, timeout_ms: int = 180_000) -> None:
     """The whole session; what the page showed, its requests, the stored rows and the audit log."""
-    from playwright.sync_api import sync_playwright
     from PIL import Image
+    from playwright.sync_api import sync_playwright
 
-    from vlassist.history import History
+    from vlassist.store.history import History
 
     result: dict = {"interfaces": interfaces()}
     loopback_up()

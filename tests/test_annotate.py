@@ -8,8 +8,8 @@ import json
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vlassist.annotate import PALETTE, boxes_coco, boxes_csv, boxes_json, crop_box, draw_boxes, font_path
-from vlassist.parsing import Box
+from vlassist.answers.annotate import PALETTE, boxes_coco, boxes_csv, boxes_json, crop_box, draw_boxes, font_path
+from vlassist.answers.parsing import Box
 
 BOXES = [Box("温度计", 40, 60, 200, 180), Box("valve", 300, 20, 380, 90), Box("knob", 250, 250, 250, 250)]
 

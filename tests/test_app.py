@@ -5,15 +5,15 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import ask_app, image_bytes, start_app, stored, use_app_env
 from sqlalchemy import text
 
-from conftest import ask_app, image_bytes, start_app, stored, use_app_env
+from vlassist.answers.prompts import preset_prompt
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
-from vlassist.history import History, NewImage
 from vlassist.images import load_image
-from vlassist.prompts import preset_prompt
-from vlassist.ui.recording import AnswerRecorder
+from vlassist.service.recording import AnswerRecorder
+from vlassist.store.history import History, NewImage
 
 SHORT = 48  # answer length for tests: enough to stream several chunks, quick on a CPU
 

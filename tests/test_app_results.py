@@ -6,16 +6,16 @@ import io
 import json
 
 import pytest
+from conftest import ask_app, image_bytes, start_app, stored, use_app_env
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import ask_app, image_bytes, start_app, stored, use_app_env
-from vlassist.annotate import crop_box
-from vlassist.history import History, NewImage
+from vlassist.answers.annotate import crop_box
+from vlassist.answers.parsing import Box, validation_errors
+from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt
+from vlassist.answers.schemas import fields_schema, template_schema
 from vlassist.images import load_image
-from vlassist.parsing import Box, validation_errors
-from vlassist.prompts import PRESETS, grounding_prompt, json_schema_prompt
-from vlassist.schemas import fields_schema, template_schema
+from vlassist.store.history import History, NewImage
 
 # The JSON grammar closes its document within the engine's default answer length; ask with that length.
 JSON_LENGTH = 1024

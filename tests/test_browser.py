@@ -11,9 +11,9 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import ROOT, image_bytes
-from vlassist.history import History
+
+from vlassist.store.history import History
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

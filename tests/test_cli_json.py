@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlassist.__main__ import main
-from vlassist.parsing import validation_errors
+from vlassist.answers.parsing import validation_errors
 
 BOUNDED = {"type": "object", "required": ["panel", "alarms"], "properties": {
     "panel": {"type": "object", "required": ["mode", "level", "on"], "properties": {

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import image_bytes
-from vlassist.constrained import SchemaError, schema_logits_processor
+
+from vlassist.answers.parsing import extract_json, validation_errors
+from vlassist.answers.schemas import fields_schema, template_schema
 from vlassist.conversation import GenerationOptions, Turn
+from vlassist.engine.constrained import SchemaError, schema_logits_processor
 from vlassist.images import load_image
-from vlassist.parsing import extract_json, validation_errors
-from vlassist.schemas import fields_schema, template_schema
 
 SCHEMAS = {
     "nested_numbers": {"type": "object", "required": ["meter", "limits"], "properties": {

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from conftest import image_bytes
+
 from vlassist.conversation import GenerationOptions, Turn
-from vlassist.fastdecode import build_decoder
+from vlassist.engine.fastdecode import build_decoder
 from vlassist.images import load_image
 
 CACHED = GenerationOptions(max_new_tokens=16, min_new_tokens=16, max_image_tokens=256)
@@ -67,7 +67,7 @@ def test_compile_off_keeps_the_eager_path(engine25):
 
 def test_small_buckets_decode_exactly(static_engine):
     """A request decoded in a smaller bucket (a view of the first slots of the buffers) gives the same answer."""
-    from vlassist.fastdecode import StaticDecoder
+    from vlassist.engine.fastdecode import StaticDecoder
 
     full = static_engine.fast
     static_engine.fast = StaticDecoder(static_engine.model, 256, "static", buckets=(48, 96, 160))

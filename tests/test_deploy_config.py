@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from deploy_support import ROOT
 
 SERVICE = ROOT / "deploy" / "vlassist.service"

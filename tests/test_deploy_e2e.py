@@ -7,9 +7,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import deploy_support as ds
+import pytest
 from conftest import image_bytes
 
 pytestmark = [
@@ -69,7 +68,7 @@ def alice_session(deployment, browser, tmp_path_factory):
 
 def stored(data_dir, owner):
     """Every conversation of one owner, as the app stored it."""
-    from vlassist.history import History
+    from vlassist.store.history import History
 
     history = History.open(data_dir)
     store = history.for_owner(owner)

@@ -10,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import deploy_support as ds
+import pytest
 from conftest import image_bytes
 
 

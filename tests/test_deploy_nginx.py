@@ -6,9 +6,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 import deploy_support as ds
+import pytest
 
 pytestmark = [
     pytest.mark.enable_socket,

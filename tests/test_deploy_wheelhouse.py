@@ -15,9 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 import deploy_support as ds
+import pytest
 from test_deploy_netns import NETNS
 
 # Representative tests for the offline venv: settings, image intake, the engine on the tiny checkpoint (torch,

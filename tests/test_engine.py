@@ -5,12 +5,12 @@ import time
 
 import pytest
 import torch
-
 from conftest import image_bytes
+
 from vlassist.conversation import GenerationOptions, Turn
+from vlassist.engine.loader import attention_candidates, load_model
 from vlassist.errors import VlassistError
 from vlassist.images import load_image
-from vlassist.loader import attention_candidates, load_model
 
 GREEDY = GenerationOptions(max_new_tokens=12, min_new_tokens=12, max_image_tokens=256)
 

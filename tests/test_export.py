@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import zipfile
-import io
 
 import pytest
-
 from conftest import image_bytes
-from vlassist import export
-from vlassist.history import History, NewImage
+
 from vlassist.images import load_image
+from vlassist.store import export
+from vlassist.store.history import History, NewImage
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import importlib.util
 import shutil
 
 import pytest
-
 from conftest import ROOT
 
 

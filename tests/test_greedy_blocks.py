@@ -1,8 +1,8 @@
 """Greedy decoding with the token chosen on the device and read back in blocks: same answers as step by step."""
 
 import pytest
-
 from conftest import image_bytes
+
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.images import load_image
 

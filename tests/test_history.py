@@ -5,14 +5,21 @@ from __future__ import annotations
 import io
 
 import pytest
+from conftest import image_bytes
 from PIL import Image
 from sqlalchemy import text
 
-from conftest import image_bytes
-from vlassist.history import (
-    MIGRATIONS, SCHEMA_VERSION, THUMBNAIL_SIDE, History, NewImage, make_title, migrate, schema_version,
-)
 from vlassist.images import load_image
+from vlassist.store.history import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    THUMBNAIL_SIDE,
+    History,
+    NewImage,
+    make_title,
+    migrate,
+    schema_version,
+)
 
 
 def new_image(size=(64, 48), color=(200, 30, 30), name="shot.png") -> NewImage:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from vlassist.html_preview import preview_document
+from vlassist.answers.html_preview import preview_document
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HOSTILE_PAGE = """<!DOCTYPE html><html><head>

@@ -4,11 +4,12 @@ import io
 
 import numpy as np
 import pytest
+from conftest import image_bytes
 from PIL import Image
 
-from conftest import image_bytes
+from vlassist.engine.sizing import plan_size, smart_resize
 from vlassist.errors import ImageError
-from vlassist.images import MAX_PIXELS, load_image, plan_size, smart_resize
+from vlassist.images import MAX_PIXELS, load_image
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"])

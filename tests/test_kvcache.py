@@ -2,11 +2,11 @@
 
 import numpy as np
 import torch
-
 from conftest import image_bytes
+
 from vlassist.conversation import GenerationOptions, Turn
+from vlassist.engine.kvcache import PrefixStore, fingerprint, image_key, usable_prefix
 from vlassist.images import load_image
-from vlassist.kvcache import PrefixStore, fingerprint, image_key, usable_prefix
 
 CACHED = GenerationOptions(max_new_tokens=8, min_new_tokens=8, max_image_tokens=256)
 PLAIN = GenerationOptions(max_new_tokens=8, min_new_tokens=8, max_image_tokens=256, use_cache=False)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from vlassist.images import load_image, plan_size, resize_for_model
-from vlassist.parsing import Box, extract_html, extract_json, flatten, parse_boxes
+from vlassist.answers.parsing import Box, extract_html, extract_json, flatten, parse_boxes
+from vlassist.engine.sizing import plan_size
+from vlassist.images import load_image, resize_for_model
 
 QWEN25_ANSWER = """```json
 [

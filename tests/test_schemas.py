@@ -5,8 +5,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
+from vlassist.answers.schemas import TEMPLATES, fields_schema, template_schema
 from vlassist.errors import VlassistError
-from vlassist.schemas import TEMPLATES, fields_schema, template_schema
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))

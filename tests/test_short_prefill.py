@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import image_bytes
+
 from vlassist.conversation import GenerationOptions, Turn
-from vlassist.decode import rope_positions
+from vlassist.engine.decode import rope_positions
 from vlassist.images import load_image
 
 FORCED = GenerationOptions(max_new_tokens=12, min_new_tokens=12, max_image_tokens=256)

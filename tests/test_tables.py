@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from vlassist.tables import json_table, parse_csv_table, parse_markdown_tables, parse_table
+from vlassist.answers.tables import json_table, parse_csv_table, parse_markdown_tables, parse_table
 
 CHART_ANSWER = """Here is the data:
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vlassist.prompts import grounding_prompt, json_schema_prompt, task_prompt
+from vlassist.answers.prompts import grounding_prompt, json_schema_prompt, task_prompt
 
 
 def test_grounding_prompt_per_family():

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from conftest import image_bytes
+
 from vlassist.conversation import GenerationOptions, Turn
+from vlassist.engine.vision_attention import NAME, _batched_sdpa, use_varlen
 from vlassist.images import load_image
-from vlassist.vision_attention import NAME, _batched_sdpa, use_varlen
 
 PLAIN = GenerationOptions(max_new_tokens=12, min_new_tokens=12, max_image_tokens=256, use_cache=False)
 
@@ -61,8 +61,8 @@ def test_language_model_keeps_its_attention(engine):
 @pytest.mark.parametrize("size", [(200, 130), (96, 64)])
 def test_device_patchify_matches_the_processor(engine, size):
     """Normalising and patchifying on the device gives exactly the processor's pixel rows and grid."""
+    from vlassist.engine.pixels import patchify, supports
     from vlassist.images import resize_for_model
-    from vlassist.pixels import patchify, supports
 
     image = load_image(image_bytes(size, (10, 120, 240)))
     sizing = engine.plan(image, GenerationOptions(max_image_tokens=256))

@@ -9,9 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-from .config import load_settings
-from .conversation import GenerationOptions, Turn
-from .errors import VlassistError
+from vlassist.config import load_settings
+from vlassist.conversation import GenerationOptions, Turn
+from vlassist.errors import VlassistError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,13 +58,13 @@ def _options(args, settings) -> GenerationOptions:
 
 def _schema_text(args) -> str | None:
     """The JSON Schema text named by --schema, --fields or --template, checked; None when none was given."""
-    from .schemas import schema_text
+    from vlassist.answers.schemas import schema_text
 
     return schema_text(schema_path=args.schema, fields=args.fields, template=args.template)
 
 
 def _prompts(args, family: str, schema_text: str | None) -> list[str]:
-    from .prompts import PRESETS, json_schema_prompt, task_prompt
+    from vlassist.answers.prompts import PRESETS, json_schema_prompt, task_prompt
 
     if args.prompt:
         return args.prompt
@@ -78,7 +78,7 @@ def _prompts(args, family: str, schema_text: str | None) -> list[str]:
 
 
 def _read_images(paths: list[Path]):
-    from .images import load_image
+    from vlassist.images import load_image
 
     images = []
     for path in paths:
@@ -98,7 +98,7 @@ def cmd_ask(args) -> int:
     options = _options(args, settings)
     schema_text = _schema_text(args)
     images = _read_images(args.images)  # bad images fail before the model is loaded
-    from .engine import load_engine
+    from vlassist.engine import load_engine
 
     engine = load_engine(settings)
     if schema_text is not None:
@@ -128,7 +128,7 @@ def _ask_json(engine, images, prompts, options, schema_text: str, json_stats: bo
     """Answer under the schema and print the one JSON document, or fail with a clear reason."""
     from dataclasses import replace
 
-    from .parsing import extract_json
+    from vlassist.answers.parsing import extract_json
 
     reply = engine.stream([Turn("user", prompts[0], images)], replace(options, json_schema=schema_text))
     text = reply.consume()
@@ -150,7 +150,7 @@ def cmd_info(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
-    from .engine import load_engine
+    from vlassist.engine import load_engine
 
     engine = load_engine(settings)
     info = engine.info

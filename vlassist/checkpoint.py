@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from vlassist.errors import ModelNotFoundError
 
 FETCH_HINT = "python scripts/fetch_model.py Qwen/Qwen2.5-VL-7B-Instruct (on a machine with internet; see README)"
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
-from .errors import ConfigError
+from vlassist.errors import ConfigError
 
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
@@ -32,7 +32,7 @@ class Settings:
     compile: str = "auto"
     decode_context: int = 8192
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         """Return a copy with some fields changed (e.g. a --model option)."""
         return replace(self, **changes)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import Literal, Protocol
 
-from .images import LoadedImage, Sizing
+from vlassist.images import LoadedImage, Sizing
 
 Role = Literal["user", "assistant"]
 
@@ -99,3 +100,16 @@ class Reply:
             if on_chunk:
                 on_chunk(chunk)
         return self.text
+
+
+class Answerer(Protocol):
+    """Something that answers conversations (the local engine, later a remote server): what front ends type."""
+
+    def plan(self, image: LoadedImage | tuple[int, int], options: GenerationOptions = ...) -> Sizing:
+        """The model-input size and visual tokens an image will get under `options`."""
+        ...
+
+    def stream(self, turns: Sequence[Turn], options: GenerationOptions = ..., stop: threading.Event | None = None,
+               on_queued: Callable[[], None] | None = None) -> Reply:
+        """Answer the last user turn of `turns`: text chunks, then stats."""
+        ...

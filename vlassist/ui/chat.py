@@ -6,20 +6,20 @@ import io
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import streamlit as st
 
-from ..conversation import GenerationOptions, Turn
-from ..errors import ImageError, VlassistError
-from ..history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
-from ..images import LoadedImage, load_image
-from ..parsing import ABSOLUTE_FAMILIES, RELATIVE_FAMILIES
-from ..prompts import preset_prompt
-from . import tasks
-from .recording import AnswerRecorder
-from .results import guess_view, render_result
+from vlassist.answers.parsing import ABSOLUTE_FAMILIES, RELATIVE_FAMILIES
+from vlassist.answers.prompts import preset_prompt
+from vlassist.conversation import GenerationOptions, Turn
+from vlassist.errors import ImageError, VlassistError
+from vlassist.images import LoadedImage, load_image
+from vlassist.service.recording import AnswerRecorder
+from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
+from vlassist.ui import tasks
+from vlassist.ui.results import guess_view, render_result
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 CHAT_KEY = tasks.CHAT_KEY

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from ..config import Settings, load_settings
-from ..errors import ConfigError, ModelNotFoundError
-from ..history import LOCAL_OWNER, History
+from vlassist.config import Settings, load_settings
+from vlassist.errors import ConfigError, ModelNotFoundError
+from vlassist.store.history import LOCAL_OWNER, History
 
 MAX_OWNER_LENGTH = 200
 
@@ -34,7 +34,7 @@ def history(settings: Settings) -> History:
 
 @st.cache_resource(show_spinner=False)
 def _engine(key: str, _settings: Settings):
-    from ..engine import load_engine  # the UI reaches torch only through the engine module
+    from vlassist.engine import load_engine  # the UI reaches torch only through the engine module
 
     return load_engine(_settings)
 

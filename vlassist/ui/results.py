@@ -9,10 +9,10 @@ from typing import Any
 import streamlit as st
 import streamlit.components.v1 as components
 
-from ..annotate import boxes_coco, boxes_csv, boxes_json, crop_box, draw_boxes
-from ..html_preview import preview_document
-from ..parsing import extract_html, extract_json, flatten, parse_boxes
-from ..tables import Table, json_table, parse_markdown_tables, parse_table
+from vlassist.answers.annotate import boxes_coco, boxes_csv, boxes_json, crop_box, draw_boxes
+from vlassist.answers.html_preview import preview_document
+from vlassist.answers.parsing import extract_html, extract_json, flatten, parse_boxes
+from vlassist.answers.tables import Table, json_table, parse_markdown_tables, parse_table
 
 CUT_MESSAGE = ("The answer was cut by the length limit before it was complete, so it is not shown as a result. "
                "Raise the answer length and ask again.")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from ..config import Settings
-from ..conversation import GenerationOptions
+from vlassist.config import Settings
+from vlassist.conversation import GenerationOptions
 
 TOKEN_BUDGETS = [256, 512, 768, 1024, 1280, 1600, 2048, 3072, 4096, 8192, 16384]
 ANSWER_LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192]

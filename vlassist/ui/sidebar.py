@@ -6,10 +6,10 @@ from datetime import datetime
 
 import streamlit as st
 
-from .. import export
-from ..history import OwnerStore, StoredConversation
-from .chat import CONVERSATION_KEY
-from .tasks import PRESET_KEY
+from vlassist.store import export
+from vlassist.store.history import OwnerStore, StoredConversation
+from vlassist.ui.chat import CONVERSATION_KEY
+from vlassist.ui.tasks import PRESET_KEY
 
 
 def _open(conversation_id: int | None) -> None:

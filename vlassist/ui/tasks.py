@@ -6,10 +6,10 @@ import json
 
 import streamlit as st
 
-from ..errors import VlassistError
-from ..prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
-from ..schemas import TEMPLATES, fields_schema, load_schema, template_schema
-from .settings_panel import set_decoding
+from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
+from vlassist.answers.schemas import TEMPLATES, fields_schema, load_schema, template_schema
+from vlassist.errors import VlassistError
+from vlassist.ui.settings_panel import set_decoding
 
 CHAT_KEY = "chat_input"
 PRESET_KEY = "active_preset"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .parsing import Box
+from vlassist.answers.parsing import Box
 
 # Fonts with CJK coverage first (labels are often Chinese), then common Latin fallbacks.
 FONT_CANDIDATES = (

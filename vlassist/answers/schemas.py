@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from .errors import VlassistError
+from vlassist.errors import VlassistError
+
 
 class SchemaError(VlassistError):
     """The JSON Schema cannot be used for constrained decoding."""

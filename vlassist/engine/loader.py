@@ -9,15 +9,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import offline  # noqa: F401  (sets the offline switches before transformers is imported)
-from .checkpoint import Family, inspect_checkpoint
-from .config import Settings
-from .errors import ConfigError
-from .vision_attention import use_varlen
-
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # noqa: E402
+
+from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
+from vlassist.checkpoint import Family, inspect_checkpoint
+from vlassist.config import Settings
+from vlassist.engine.vision_attention import use_varlen
+from vlassist.errors import ConfigError
 
 log = logging.getLogger(__name__)
 transformers.utils.logging.disable_progress_bar()  # a CLI answer should be the only thing on the terminal
@@ -37,7 +37,7 @@ class ModelInfo:
     min_pixels: int
     load_s: float = 0.0
     parameters: int = 0
-    decode: str = "eager"  # eager | static | graph | compile (see vlassist.fastdecode)
+    decode: str = "eager"  # eager | static | graph | compile (see vlassist.engine.fastdecode)
     decode_reason: str = ""
     warmup_s: float = 0.0  # compile and capture time, spent at load so no question waits for it
     versions: dict = field(default_factory=dict)

@@ -7,10 +7,10 @@ import io
 import json
 import re
 import zipfile
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
-from .history import ImageRef, StoredConversation
+from vlassist.store.history import ImageRef, StoredConversation
 
 FetchImage = Callable[[str], "bytes | None"]
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
@@ -29,7 +29,7 @@ def slug(title: str) -> str:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def to_markdown(conversation: StoredConversation, image_link: Callable[[ImageRef], str] | None = None) -> str:

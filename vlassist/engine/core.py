@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import queue
-from collections import OrderedDict
 import threading
 import time
-from typing import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 
-from . import offline  # noqa: F401
-from .config import Settings
-from .conversation import GenerationOptions, Reply, Stats, Turn
-from .errors import VlassistError
-from .images import LoadedImage, Sizing, plan_size, resize_for_model
-from .loader import ModelInfo, load
-from . import pixels as pixel_prep
-
-import torch  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from transformers import (  # noqa: E402
-    LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
-    StoppingCriteriaList, TemperatureLogitsWarper, TextIteratorStreamer, TopPLogitsWarper)
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TextIteratorStreamer,
+    TopPLogitsWarper,
+)
 
-from .decode import MinNewTokens, cache_layers, choose, decode_step, new_cache, prefill, rope_positions, step_positions  # noqa
-from .fastdecode import build_decoder  # noqa: E402
-from .kvcache import PrefixStore, fingerprint, image_key  # noqa: E402
-
+from vlassist import offline  # noqa: F401
+from vlassist.config import Settings
+from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
+from vlassist.engine import pixels as pixel_prep
+from vlassist.engine.decode import (  # noqa
+    MinNewTokens,
+    cache_layers,
+    choose,
+    decode_step,
+    new_cache,
+    prefill,
+    rope_positions,
+    step_positions,
+)
+from vlassist.engine.fastdecode import build_decoder  # noqa: E402
+from vlassist.engine.kvcache import PrefixStore, fingerprint, image_key  # noqa: E402
+from vlassist.engine.loader import ModelInfo, load
+from vlassist.engine.sizing import plan_size
+from vlassist.errors import VlassistError
+from vlassist.images import LoadedImage, Sizing, resize_for_model
 
 PIXEL_MEMO_IMAGES = 4  # processed images kept for follow-ups (~50 MB each at 1920x1080)
 DECODE_BLOCK = 8  # greedy tokens chosen on the device between two host reads (stop checks, streaming)
@@ -251,7 +265,7 @@ class Engine:
 
     def _schema_processor(self, options: GenerationOptions):
         # Engine-side only: the grammar library works on token ids and logits.
-        from .constrained import schema_logits_processor
+        from vlassist.engine.constrained import schema_logits_processor
 
         return schema_logits_processor(self.processor.tokenizer, options.json_schema, self.model.config,
                                        max_new_tokens=options.max_new_tokens)

@@ -15,7 +15,7 @@ import torch
 import xgrammar as xgr
 from transformers import LogitsProcessor
 
-from .schemas import SchemaError, load_schema  # noqa: F401  (SchemaError is part of this API)
+from vlassist.answers.schemas import SchemaError, load_schema  # noqa: F401  (SchemaError is part of this API)
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # GenerationOptions' default, for callers that do not pass theirs
 CLOSING_MARGIN = 16  # extra tokens kept for closing brackets beyond a minimal document
@@ -92,7 +92,7 @@ def minimal_length(schema: Any, depth: int = 0) -> int:
 class SchemaLogitsProcessor(LogitsProcessor):
     """Masks every token that would break the schema; near the token budget, prefers tokens that close."""
 
-    def __init__(self, compiled: xgr.CompiledGrammar, ranks: "ClosingRanks", budget: int):
+    def __init__(self, compiled: xgr.CompiledGrammar, ranks: ClosingRanks, budget: int):
         self.compiled = compiled
         self.ranks = ranks
         self.budget = budget

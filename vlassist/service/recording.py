@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Iterator
 
-from ..conversation import GenerationOptions, Reply
-from ..history import OwnerStore
+from vlassist.conversation import GenerationOptions, Reply
+from vlassist.store.history import OwnerStore
 
 
 class AnswerRecorder:

@@ -11,8 +11,8 @@ import torch
 from torch.nn.attention import sdpa_kernel
 from transformers import StaticCache
 
-from . import decode
-from .decode import decode_step, new_cache, prefill, rope_positions
+from vlassist.engine import decode
+from vlassist.engine.decode import decode_step, new_cache, prefill, rope_positions
 
 log = logging.getLogger(__name__)
 

@@ -5,18 +5,33 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image as PILImage
 from sqlalchemy import (
-    Connection, Engine, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, delete, event, exists,
-    func, or_, select, text, update,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .images import LoadedImage
+from vlassist.images import LoadedImage
 
 DB_NAME = "history.sqlite3"
 THUMBNAIL_SIDE = 320
@@ -257,13 +272,13 @@ class History:
         migrate(engine)
 
     @classmethod
-    def open(cls, data_dir: Path | str) -> "History":
+    def open(cls, data_dir: Path | str) -> History:
         """Open (creating if needed) the history database under `data_dir`."""
         folder = Path(data_dir)
         folder.mkdir(parents=True, exist_ok=True)
         return cls(open_engine(folder / DB_NAME))
 
-    def for_owner(self, owner: str) -> "OwnerStore":
+    def for_owner(self, owner: str) -> OwnerStore:
         """The store of one owner's conversations."""
         return OwnerStore(self.engine, owner)
 

@@ -1,0 +1,1 @@
+"""What is done with model text: parsing, boxes, tables, HTML, schemas, presets (no torch)."""

@@ -1,0 +1,1 @@
+"""Front-end-neutral answering: requests, the queue, and recording answers."""
