@@ -12,6 +12,7 @@ settings = resources.settings_or_stop()
 owner = resources.owner_or_stop(settings)
 store = resources.history(settings).for_owner(owner)
 engine = resources.engine_or_stop(settings)
+service = resources.service(engine)
 
 conversation_id = st.session_state.get(chat.CONVERSATION_KEY)
 conversation = store.get_conversation(conversation_id) if conversation_id is not None else None
@@ -21,7 +22,7 @@ if conversation is None:
 with st.sidebar:
     st.title("vlassist")
     sidebar.render_conversation_list(store)
-    sidebar.render_conversation_actions(store, conversation)
+    sidebar.render_conversation_actions(store, service, conversation)
     options = settings_panel.render_settings(settings)
     settings_panel.render_model_status(engine)
 

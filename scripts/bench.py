@@ -31,10 +31,10 @@ from PIL import Image  # noqa: E402
 from vlassist import offline  # noqa: F401,E402
 from vlassist.config import load_settings  # noqa: E402
 from vlassist.conversation import GenerationOptions, Turn  # noqa: E402
-from vlassist.engine import Engine, load_engine  # noqa: E402
+from vlassist.engine import Engine, generate, load_engine  # noqa: E402
 from vlassist.engine import decode as decode_module  # noqa: E402
 from vlassist.engine.fastdecode import build_decoder  # noqa: E402
-from vlassist.engine.loader import ModelInfo, _chat_template, _image_only_processor  # noqa: E402
+from vlassist.engine.loader import ModelInfo, load  # noqa: E402
 from vlassist.engine.vision_attention import use_varlen  # noqa: E402
 from vlassist.images import load_image  # noqa: E402
 
@@ -52,12 +52,10 @@ def _tiny_dir() -> Path:
     return module.build(Path(tempfile.mkdtemp()) / "tiny", "qwen2_5_vl")
 
 
-def _processor(folder: Path):
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    images = AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
-    return _image_only_processor("qwen2_5_vl", images, tokenizer, _chat_template(folder, tokenizer))
+def _processor(settings):
+    """The tiny checkpoint's processor (tokenizer, chat template, image processor), loaded as the app loads it."""
+    _model, processor, _family, _info = load(settings)
+    return processor
 
 
 def random_7b(tiny: Path, device: str):
@@ -213,62 +211,35 @@ def per_step_decode(engine, image, tokens, repeats):
 
 
 def followup_breakdown(engine, image, repeats=3):
-    """Where a follow-up's time to first token goes, ms per phase (median), measured outside the engine.
+    """Where a follow-up's time to first token goes, ms per phase (median).
 
-    Follows the engine's own path: the short prefill into the static buffers when it applies (and
-    `engine.short_prefill` is on), else the eager prefill into a growing cache and the copy into the buffers.
+    Runs the engine's own phases one by one (vlassist.engine.generate), timed by its `mark` hook: the short
+    prefill into the static buffers when it applies (and `engine.short_prefill` is on), else the eager prefill
+    into a growing cache and the copy into the buffers.
     """
-    from vlassist.engine.core import _images, _uncached_images
-    from vlassist.engine.decode import choose, new_cache, prefill, rope_positions
-    from vlassist.engine.kvcache import fingerprint, image_key
-
     options = GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384)
     first = [Turn("user", "Describe this screenshot in detail.", [image])]
     phases: dict[str, list[float]] = {}
-    path = "eager"
     for _ in range(repeats + 1):
         engine.prefixes.clear()
         text, _ = answer(engine, first, options)
         turns = first + [Turn("assistant", text), Turn("user", "What is in the top left corner?")]
         marks = [("start", time.perf_counter())]
 
-        def mark(name):
+        def mark(name, marks=marks):
             _sync()
             marks.append((name, time.perf_counter()))
 
         with torch.inference_mode():
-            inputs, sizings = engine.encode(turns, options)
-            mark("encode")
-            ids, grid = inputs["input_ids"], inputs.get("image_grid_thw")
-            keys = [image_key(im.sha256, s.input_size) for im, s in zip(_images(turns), sizings)]
-            counts = [] if grid is None else (grid.prod(-1) // engine._merge**2).tolist()
-            tokens = fingerprint(ids[0].tolist(), engine._image_token, keys, counts)
-            entry, reused = engine.prefixes.lookup(tokens)
-            total = ids.shape[1] + 4
-            fast = engine.fast
-            mark("lookup")
-            if engine._short_prefill_fits(fast, entry, tokens, reused, total) and entry.delta is not None:
-                path = "short"
-                scores = fast.prefill_short(ids[:, reused:], tokens, reused, entry.delta, entry.layers, total)
-                mark("prefill")
-            else:
-                positions, _ = rope_positions(engine.model, ids, inputs.get("mm_token_type_ids"), grid)
-                pixels, new_grid = _uncached_images(inputs.get("pixel_values"), grid, tokens, reused)
-                mark("rope_positions")
-                cache = new_cache(engine.model, entry.layers if entry else None, reused)
-                mark("prefix_copy")
-                scores = prefill(engine.model, ids[:, reused:], positions[:, :, reused:], cache, pixels, new_grid)
-                mark("prefill")
-                if fast is not None:
-                    fast.start(cache, ids.shape[1], total)
-                mark("static_copy")
-            int(choose(scores, ids, [], greedy=True))
-            mark("choose")
+            gen = generate.prepare(engine, turns, options, mark=mark)  # encode
+            generate.look_up_prefix(engine, gen)  # lookup
+            scores = generate.prefill_prompt(engine, gen)  # [rope_positions, prefix_copy,] prefill[, static_copy]
+            int(generate.choose_first(engine, gen, scores)[0])  # choose
         for (_, t0), (name, t1) in zip(marks, marks[1:]):
             phases.setdefault(name, []).append(1000 * (t1 - t0))
     result = {name: round(statistics.median(v[1:]), 2) for name, v in phases.items()}
-    result["new_tokens"] = int(ids.shape[1] - reused)
-    result["path"] = path
+    result["new_tokens"] = gen.length - gen.reused
+    result["path"] = gen.path
     return result
 
 
@@ -380,7 +351,7 @@ def main(argv=None) -> int:
                          parameters=sum(p.numel() for p in model.parameters()),
                          versions={"torch": torch.__version__, "transformers": transformers.__version__})
         use_varlen(model)  # what the loader does for an SDPA model
-        engine = Engine(model, _processor(tiny), info, settings)
+        engine = Engine(model, _processor(settings), info, settings)
         engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
             model, settings.compile, settings.decode_context)
         weights = "random"
@@ -398,10 +369,12 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "device": device,
         "weights": weights, "versions": info.versions | {"python": platform.python_version()},
         "cap_gb": args.cap_gb if cuda else None, "tokens": args.tokens, "followup_tokens": args.followup_tokens,
-        "decode": info.decode, "decode_reason": info.decode_reason, "decode_block": engine.decode_block, "decode_buckets": getattr(
-            engine.fast, "sizes", None), "prefill_buckets": getattr(engine.fast, "prefill_sizes", None),
+        "decode": info.decode, "decode_reason": info.decode_reason, "decode_block": engine.decode_block,
+        "decode_buckets": getattr(engine.fast, "sizes", None),
+        "prefill_buckets": getattr(engine.fast, "prefill_sizes", None),
         "prefill_graphs": len(getattr(engine.fast, "pf_graphs", {})),
-        "prefill_capture_s": getattr(engine.fast, "prefill_s", None), "load_s": info.load_s, "warmup_s": info.warmup_s, "rows": rows,
+        "prefill_capture_s": getattr(engine.fast, "prefill_s", None), "load_s": info.load_s,
+        "warmup_s": info.warmup_s, "rows": rows,
         "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }
     out = Path(args.out)
@@ -466,7 +439,8 @@ def main(argv=None) -> int:
         print(f"{name:>10} {e['prompt_tokens']:>6} | {e['ttft_ms']:7.0f} {g['ttft_ms']:8.0f} |"
               f" {e['followup_ttft_ms']:8.0f} {g['followup_ttft_ms']:9.0f} |"
               f" {e['decode_tok_s']:7.1f} {g['decode_tok_s']:8.1f} | {vision[name]:9.0f}")
-        print(f"{'ratio':>17} | {g['ttft_ms'] / e['ttft_ms']:15.2f}x | {g['followup_ttft_ms'] / e['followup_ttft_ms']:17.2f}x |"
+        print(f"{'ratio':>17} | {g['ttft_ms'] / e['ttft_ms']:15.2f}x |"
+              f" {g['followup_ttft_ms'] / e['followup_ttft_ms']:17.2f}x |"
               f" {e['decode_tok_s'] / max(g['decode_tok_s'], 1e-9):15.2f}x |")
     if peaks["engine"] is not None:
         print(f"peak GiB ({peak_name}, {args.long_tokens}-token answer): engine {peaks['engine']:.2f}"

@@ -87,7 +87,8 @@ def verify(folder: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("repo", nargs="?", default=KNOWN[0], help=f"model id (default {KNOWN[0]}); known: {', '.join(KNOWN)}")
+    ap.add_argument("repo", nargs="?", default=KNOWN[0],
+                    help=f"model id (default {KNOWN[0]}); known: {', '.join(KNOWN)}")
     ap.add_argument("--source", choices=sorted(HOSTS), default="hf", help="Hugging Face Hub (hf) or ModelScope")
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
     ap.add_argument("--verify", action="store_true", help="only check an existing folder against its manifest")

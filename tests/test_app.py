@@ -34,8 +34,9 @@ def test_upload_and_ask_streams_an_answer_and_stores_both_turns(app_env):
     user, answer = conversation.messages
     assert (user.role, user.text, [i.name for i in user.images]) == ("user", "What is shown?", ["shot.png"])
     assert answer.role == "assistant" and answer.status == "complete" and answer.text
-    assert answer.stats["model_family"] == "qwen2_5_vl" and answer.stats["new_tokens"] > 0
-    assert answer.stats["images"][0]["original_size"] == [120, 80]
+    assert answer.model_family == "qwen2_5_vl" and answer.stats.new_tokens > 0
+    assert answer.stats.images[0].original_size == (120, 80)
+    assert user.images[0].sizing == answer.stats.images[0]
     assert answer.options["max_new_tokens"] == 128
     assert any("tokens/s" in c.value for c in at.caption)
 
@@ -59,14 +60,14 @@ def test_follow_up_continues_the_same_conversation_with_its_images(app_env):
     [conversation] = stored(app_env)
     assert [m.role for m in conversation.messages] == ["user", "assistant", "user", "assistant"]
     follow_up = conversation.messages[-1].stats
-    assert len(follow_up["images"]) == 1 and follow_up["visual_tokens"] > 0
+    assert len(follow_up.images) == 1 and follow_up.visual_tokens > 0
 
 
 def test_text_only_question_is_answered(app_env):
     """A question without images is answered and stored."""
     ask_app(start_app(), "Just text")
     [conversation] = stored(app_env)
-    assert conversation.messages[-1].role == "assistant" and conversation.messages[-1].stats["visual_tokens"] == 0
+    assert conversation.messages[-1].role == "assistant" and conversation.messages[-1].stats.visual_tokens == 0
 
 
 def test_bad_file_is_refused_with_a_message_and_nothing_stored(app_env):
@@ -158,7 +159,7 @@ def test_abandoned_stream_is_stored_as_interrupted_with_partial_text(engine25, s
     owner, conversation, image = store
     options = GenerationOptions(max_new_tokens=400, min_new_tokens=400)
     reply = engine25.stream([Turn("user", "Describe", [image])], options)
-    recorder = AnswerRecorder(reply, owner, conversation, options=options, model={"model_family": "qwen2_5_vl"})
+    recorder = AnswerRecorder(reply, owner, conversation, options=options, model_family="qwen2_5_vl")
     with pytest.raises(KeyboardInterrupt):
         try:
             for i, _ in enumerate(recorder.chunks()):
@@ -168,8 +169,8 @@ def test_abandoned_stream_is_stored_as_interrupted_with_partial_text(engine25, s
             recorder.finish()
     answer = owner.get_conversation(conversation).messages[-1]
     assert answer.status == "interrupted" and answer.text
-    assert 0 < answer.stats["new_tokens"] < 400 and answer.stats["stop_reason"] == "stopped"
-    assert answer.stats["model_family"] == "qwen2_5_vl"
+    assert 0 < answer.stats.new_tokens < 400 and answer.stats.stop_reason == "stopped"
+    assert answer.model_family == "qwen2_5_vl"
     assert not engine25.busy
 
 
@@ -184,7 +185,7 @@ def test_engine_error_is_stored_with_status_error(engine25, store):
         finally:
             recorder.finish()
     answer = owner.get_conversation(conversation).messages[-1]
-    assert answer.status == "error" and answer.stats["error"]
+    assert answer.status == "error" and answer.stats.error and answer.stats.stop_reason == "error"
 
 
 def test_answer_is_stored_once(engine25, store):

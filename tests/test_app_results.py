@@ -11,10 +11,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from vlassist.answers.annotate import crop_box
-from vlassist.answers.parsing import Box, validation_errors
+from vlassist.answers.parsing import Box, parse_boxes, validation_errors
 from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt
 from vlassist.answers.schemas import fields_schema, template_schema
-from vlassist.images import load_image
+from vlassist.conversation import Stats
+from vlassist.images import Sizing, load_image
 from vlassist.store.history import History, NewImage
 
 # The JSON grammar closes its document within the engine's default answer length; ask with that length.
@@ -66,11 +67,10 @@ def insert_answer(data_dir, text: str, *, preset: str | None, family: str = "qwe
     store = history.for_owner("local")
     conversation = store.create_conversation("fixed answer")
     store.add_user_message(conversation, "question", [NewImage(data, loaded, "panel.png")])
-    stats = {"model_family": family, "stop_reason": "eos", "new_tokens": 20, "prompt_tokens": 300,
-             "visual_tokens": 255, "images": [{"original_size": list(loaded.size),
-                                               "input_size": list(PANEL_INPUT), "visual_tokens": 255}]}
+    stats = Stats(stop_reason="eos", new_tokens=20, prompt_tokens=300, visual_tokens=255,
+                  images=[Sizing(loaded.size, PANEL_INPUT, 255)])
     answer = store.add_assistant_message(conversation, text, status, preset=preset, options=options or {},
-                                         stats=stats)
+                                         stats=stats, model_family=family)
     history.close()
     return conversation, answer
 
@@ -100,7 +100,7 @@ def test_json_fields_answer_is_constrained_stored_and_shown(app_env):
     schema = json.dumps(fields_schema("vendor, total:number, paid:boolean"))
     assert answer.options["json_schema"] == schema and question.text == json_schema_prompt(schema)
     assert validation_errors(json.loads(answer.text), schema) == ()
-    assert answer.stats["stop_reason"] == "eos"
+    assert answer.stats.stop_reason == "eos"
     assert len(at.chat_message[1].dataframe) == 1
     assert downloads(at) >= {"Download JSON", "Download CSV"}
 
@@ -218,8 +218,57 @@ def test_zoom_in_asks_a_follow_up_with_the_full_resolution_crop(app_env):
     crop = load_image(history.for_owner("local").image_data(ref.sha256)).image
     history.close()
     assert crop.size == expected.size and crop.tobytes() == expected.tobytes()
-    assert reply.status == "complete" and reply.stats["images"][-1]["original_size"] == list(expected.size)
+    assert reply.status == "complete" and reply.stats.images[-1].original_size == expected.size
     assert [m.name for m in at.chat_message] == ["user", "assistant", "user", "assistant"]
+
+
+TWO_IMAGE_BOX = '```json\n[{"bbox_2d": [100, 50, 300, 150], "label": "gauge"}]\n```'
+
+
+def tall_png() -> bytes:
+    """A 300×900 image: another size and shape than the panel, so each maps boxes differently."""
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((300, 900)).convert("RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def box_row(frame) -> tuple:
+    return (frame["x1"][0], frame["y1"][0], frame["x2"][0], frame["y2"][0])
+
+
+@pytest.mark.parametrize("family_env", ["app_env", "app_env3"])
+def test_boxes_about_the_second_image_are_mapped_with_its_own_sizes(family_env, request):
+    """A question with two images: each image row keeps the size the model saw it at, and boxes the user puts
+    on the second image are mapped with the second image's sizes, not the first's."""
+    data_dir = request.getfixturevalue(family_env)
+    family = {"app_env": "qwen2_5_vl", "app_env3": "qwen3_vl"}[family_env]
+    at = start_app()
+    at.button(key="preset_grounding").click().run()
+    ask_app(at, grounding_prompt(family, "gauge"), ("panel.png", panel_png(), "image/png"),
+            ("tall.png", tall_png(), "image/png"))
+    [conversation] = stored(data_dir)
+    question, answer = conversation.messages
+    assert answer.preset == "grounding" and answer.model_family == family
+    # The engine's own report of what it fed the model, image by image, is what each image row now holds.
+    assert [ref.sizing for ref in question.images] == answer.stats.images
+    first, second = answer.stats.images
+    assert first.original_size == PANEL and second.original_size == (300, 900)
+    # The tiny model's text is random: give the stored answer a known box.
+    history = History.open(data_dir)
+    assert history.for_owner("local").update_answer(answer.id, TWO_IMAGE_BOX, status="complete")
+    history.close()
+    on_first = parse_boxes(TWO_IMAGE_BOX, family, first.input_size, first.original_size)[0]
+    on_second = parse_boxes(TWO_IMAGE_BOX, family, second.input_size, second.original_size)[0]
+    assert on_first[1:] != on_second[1:]
+
+    at = reopen(conversation.id)
+    reply = at.chat_message[1]
+    assert box_row(reply.dataframe[0].value) == on_first[1:]
+    at.selectbox(key=f"msg{answer.id}-boxes-image").set_value(1).run()
+    assert not at.exception, at.exception
+    reply = at.chat_message[1]
+    assert box_row(reply.dataframe[0].value) == on_second[1:]
+    assert len(reply.image) == 1
 
 
 # ---- tables, charts and HTML ----

@@ -64,7 +64,7 @@ def serve(checkpoint, data, **env_extra):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 stop(proc, log)
-                raise RuntimeError((data / "server.log").read_text()[-2000:])
+                raise RuntimeError((data / "server.log").read_text()[-2000:]) from None
             time.sleep(0.3)
 
 
@@ -169,7 +169,7 @@ def test_chosen_file_answer_can_be_stopped_and_keeps_partial_text(page, server, 
     page.locator(USER).first.locator("img").first.wait_for()
     assert page.locator(USER).first.locator("img").count() == 1
     answer = stored_answer(server[1], title).messages[-1]
-    assert answer.status == "interrupted" and answer.text and answer.stats["stop_reason"] == "stopped"
+    assert answer.status == "interrupted" and answer.text and answer.stats.stop_reason == "stopped"
 
 
 def test_users_named_by_header_see_only_their_own_history(browser, tiny_qwen25, tmp_path):

@@ -13,7 +13,8 @@ from conftest import image_bytes
 
 pytestmark = [
     pytest.mark.enable_socket,
-    pytest.mark.skipif(ds.nginx_binary() is None, reason="nginx is not installed (scripts/test.sh installs it as root)"),
+    pytest.mark.skipif(ds.nginx_binary() is None,
+                       reason="nginx is not installed (scripts/test.sh installs it as root)"),
     pytest.mark.skipif(not os.path.exists(ds.CHROMIUM), reason="Debian chromium is not installed"),
 ]
 

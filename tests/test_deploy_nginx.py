@@ -11,7 +11,8 @@ import pytest
 
 pytestmark = [
     pytest.mark.enable_socket,
-    pytest.mark.skipif(ds.nginx_binary() is None, reason="nginx is not installed (scripts/test.sh installs it as root)"),
+    pytest.mark.skipif(ds.nginx_binary() is None,
+                       reason="nginx is not installed (scripts/test.sh installs it as root)"),
 ]
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw"}

@@ -10,7 +10,8 @@ import zipfile
 import pytest
 from conftest import image_bytes
 
-from vlassist.images import load_image
+from vlassist.conversation import Stats
+from vlassist.images import Sizing, load_image
 from vlassist.store import export
 from vlassist.store.history import History, NewImage
 
@@ -23,7 +24,8 @@ def stored(tmp_path):
     conversation = store.create_conversation("Receipt check")
     a, b = image_bytes((40, 30)), image_bytes((30, 40), (0, 90, 0), fmt="JPEG")
     store.add_user_message(conversation, "Read it", [NewImage(a, load_image(a), "a.png")])
-    store.add_assistant_message(conversation, "TOTAL 12", "complete", preset="ocr", stats={"new_tokens": 3})
+    store.add_assistant_message(conversation, "TOTAL 12", "complete", preset="ocr", model_family="qwen3_vl",
+                                stats=Stats(new_tokens=3, images=[Sizing((40, 30), (56, 28), 2)]))
     store.add_user_message(conversation, "And these?", [NewImage(a, load_image(a), "a.png"),
                                                         NewImage(b, load_image(b), "b.jpg")])
     store.add_assistant_message(conversation, "half", "interrupted")
@@ -48,7 +50,10 @@ def test_json_embeds_original_image_bytes(stored):
     store, conversation, originals = stored
     data = json.loads(export.to_json(conversation, store.image_data))
     assert [m["role"] for m in data["messages"]] == ["user", "assistant", "user", "assistant"]
-    assert data["messages"][1]["preset"] == "ocr" and data["messages"][1]["stats"] == {"new_tokens": 3}
+    answer = data["messages"][1]
+    assert answer["preset"] == "ocr" and answer["model_family"] == "qwen3_vl"
+    assert Stats.from_dict(answer["stats"]) == Stats(new_tokens=3, images=[Sizing((40, 30), (56, 28), 2)])
+    assert data["messages"][0]["images"][0]["input_size"] == [56, 28]
     for message in data["messages"]:
         for image in message["images"]:
             assert base64.b64decode(image["data_base64"]) == originals[image["sha256"]]
@@ -71,3 +76,15 @@ def test_slug_is_safe_for_file_names():
     """Titles become lower-case dash-separated file names, never empty."""
     assert export.slug("Invoice: March/April 2025!") == "invoice-march-april-2025"
     assert export.slug("???") == "conversation"
+
+
+def test_failed_answer_gives_its_reason_in_markdown(tmp_path):
+    """A failed answer is headed with its status and quotes the error its stats recorded."""
+    history = History.open(tmp_path)
+    store = history.for_owner("ann")
+    conversation = store.create_conversation("Oops")
+    answer = store.start_answer(conversation)
+    store.update_answer(answer, "", status="error", stats=Stats(stop_reason="error", error="out of memory"))
+    md = export.to_markdown(store.get_conversation(conversation))
+    history.close()
+    assert "## Assistant (error)" in md and "> Error: out of memory" in md

@@ -26,7 +26,7 @@ def _answer(engine, turns, options, block):
 
 def _answer_tokens(engine, stats):
     """The answer's tokens but the last, from the cache entry the engine stored for it."""
-    entry = max(engine.prefixes._entries.values(), key=lambda e: len(e.tokens))
+    entry = max(engine.prefixes.entries(), key=lambda e: len(e.tokens))
     return entry.tokens[stats.prompt_tokens:].tolist()
 
 

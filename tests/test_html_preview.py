@@ -39,7 +39,8 @@ def test_preview_renders_and_fetches_nothing(browser):
     requests: list[str] = []
     blocked: list[str] = []  # stopped inside the browser by the preview's CSP, before any network access
     page.on("request", lambda r: requests.append(r.url))
-    page.on("requestfailed", lambda r: blocked.append(r.url) if r.failure in ("csp", "net::ERR_BLOCKED_BY_CSP") else None)
+    csp_failures = ("csp", "net::ERR_BLOCKED_BY_CSP")
+    page.on("requestfailed", lambda r: blocked.append(r.url) if r.failure in csp_failures else None)
     page.set_content(preview_document(HOSTILE_PAGE))
     page.wait_for_timeout(800)
     frame = next(f for f in page.frames if f != page.main_frame)

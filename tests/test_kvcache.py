@@ -71,6 +71,32 @@ def test_store_drops_least_recently_used_past_its_budget():
     assert store.lookup(np.array([1, 1, 1, 1, 9]))[1] == 4 and store.nbytes <= 2 * one
 
 
+def test_lowering_the_budget_keeps_the_most_recently_used_that_fit():
+    """A smaller byte budget drops entries least recently used first, and later puts respect it."""
+    one = sum(k.numel() * 4 + v.numel() * 4 for k, v in _layers(4))
+    store = PrefixStore(3 * one)
+    for fill in (1, 2, 3):
+        store.put(np.full(4, fill), _layers(4))
+    store.lookup(np.array([1, 1, 1, 1, 9]))  # touch the oldest
+    store.budget_bytes = 2 * one
+    assert sorted(int(e.tokens[0]) for e in store.entries()) == [1, 3] and store.nbytes == 2 * one
+    store.put(np.full(4, 4), _layers(4))
+    assert sorted(int(e.tokens[0]) for e in store.entries()) == [1, 4] and store.budget_bytes == 2 * one
+
+
+def test_pixel_memo_keeps_the_last_images_used(engine25):
+    """Processed images are kept up to the memo's size, the one used longest ago dropped first."""
+    from vlassist.engine.encode import PixelMemo
+
+    memo = PixelMemo(engine25.processor.image_processor, "cpu", engine25.info.min_pixels, images=2)
+    images = [_img(color=(c, 0, 0)) for c in (10, 20, 30)]
+    sizing = engine25.plan(images[0], CACHED)
+    first, second = memo.get(images[0], sizing), memo.get(images[1], sizing)
+    assert memo.get(images[0], sizing) is first  # kept, and now the most recently used
+    memo.get(images[2], sizing)
+    assert len(memo) == 2 and memo.get(images[0], sizing) is first and memo.get(images[1], sizing) is not second
+
+
 def test_a_longer_conversation_replaces_its_own_prefix():
     """Storing a continuation drops the entry it extends, so follow-ups do not pile up copies."""
     store = PrefixStore(10**9)

@@ -19,6 +19,9 @@ images = []
 if case.get("size"):
     images = [{{"original_size": case["size"], "input_size": case["input"],
                "image": Image.new("RGB", tuple(case["size"]), (255, 255, 255)), "name": "panel.png"}}]
+for i, (size, input_size) in enumerate(case.get("images") or []):
+    images.append({{"original_size": size, "input_size": input_size,
+                   "image": Image.new("RGB", tuple(size), (255, 255, 255)), "name": f"image-{{i + 1}}.png"}})
 request = render_result(case["preset"], case["text"], family=case["family"], images=images,
                         stop_reason=case["stop"], key="m1", schema=case.get("schema"))
 if request:
@@ -27,11 +30,11 @@ if request:
 """
 
 
-def _app(preset, text, stop="eos", family="qwen2_5_vl", size=None, input_size=None, schema=None):
+def _app(preset, text, stop="eos", family="qwen2_5_vl", size=None, input_size=None, schema=None, images=None):
     from conftest import ROOT
 
     case = {"preset": preset, "text": text, "stop": stop, "family": family, "size": size, "input": input_size,
-            "schema": schema}
+            "schema": schema, "images": images}
     at = AppTest.from_string(SCRIPT.format(root=str(ROOT), case=json.dumps(case)), default_timeout=30)
     at.run()
     assert not at.exception, at.exception
@@ -98,6 +101,23 @@ def test_zoom_in_returns_full_resolution_crop():
     at.run()
     zoom = at.session_state["zoom"]
     assert zoom["label"] == "b" and zoom["size"] == [480, 480]
+
+
+@pytest.mark.parametrize(("family", "first", "second"), [
+    ("qwen2_5_vl", (200, 100, 1000, 300), (50, 75, 250, 225)),  # pixels of each image's own model input
+    ("qwen3_vl", (200, 100, 1000, 300), (30, 75, 150, 225)),  # thousandths of each image's own size
+])
+def test_boxes_on_the_second_image_use_its_sizes(family, first, second):
+    """With two images, the boxes follow the image the user picks, mapped with that image's own sizes."""
+    text = '```json\n[{"bbox_2d": [100, 100, 500, 300], "label": "gauge"}]\n```'
+    at = _app("grounding", text, family=family, images=[[[2000, 1000], [1000, 1000]], [[300, 750], [600, 1000]]])
+    assert tuple(at.dataframe[0].value.iloc[0][["x1", "y1", "x2", "y2"]]) == first
+    at.selectbox(key="m1-boxes-image").set_value(1).run()
+    assert not at.exception, at.exception
+    assert tuple(at.dataframe[0].value.iloc[0][["x1", "y1", "x2", "y2"]]) == second
+    at.button(key="m1-zoom").click().run()
+    width, height = at.session_state["zoom"]["size"]
+    assert width <= 300 and height <= 750  # cropped from the second image, not the 2000-wide first
 
 
 @pytest.mark.parametrize("preset", ["describe", "ocr", None])

@@ -46,7 +46,7 @@ def _conversation(engine, questions, options, short=True, image=None):
             texts.append(reply.consume())
             stats.append(reply.stats)
             turns.append(Turn("assistant", texts[-1]))
-        entry = max(engine.prefixes._entries.values(), key=lambda e: len(e.tokens))
+        entry = max(engine.prefixes.entries(), key=lambda e: len(e.tokens))
         return texts, stats, entry
     finally:
         engine.short_prefill = True

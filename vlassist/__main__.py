@@ -15,6 +15,7 @@ from vlassist.errors import VlassistError
 
 
 def _parser() -> argparse.ArgumentParser:
+    defaults = GenerationOptions()
     ap = argparse.ArgumentParser(prog="python -m vlassist", description="Offline visual analysis with Qwen-VL.")
     sub = ap.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="ask questions about images; the answer streams to stdout")
@@ -30,11 +31,11 @@ def _parser() -> argparse.ArgumentParser:
                                                    "against it (printed alone on stdout)")
     shape.add_argument("--fields", help="comma-separated fields to extract as JSON, e.g. vendor,total:number")
     shape.add_argument("--template", help="extraction template: invoice, form, meter or table_rows")
-    ask.add_argument("--max-new-tokens", type=int, default=1024)
+    ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     ask.add_argument("--creative", action="store_true", help="sample instead of greedy (precise) decoding")
-    ask.add_argument("--temperature", type=float, default=0.7)
-    ask.add_argument("--top-p", type=float, default=0.8)
-    ask.add_argument("--repetition-penalty", type=float, default=1.05)
+    ask.add_argument("--temperature", type=float, default=defaults.temperature)
+    ask.add_argument("--top-p", type=float, default=defaults.top_p)
+    ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
     ask.add_argument("--max-image-tokens", type=int, help="visual-token budget per image")
     ask.add_argument("--low-res", action="store_true", help="low-resolution mode (long side about 768 px)")
     ask.add_argument("--seed", type=int)

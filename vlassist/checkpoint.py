@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from vlassist.errors import ModelNotFoundError
+from vlassist.families import FAMILIES, Family, UnknownFamilyError, family
 
 FETCH_HINT = "python scripts/fetch_model.py Qwen/Qwen2.5-VL-7B-Instruct (on a machine with internet; see README)"
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between the Qwen-VL generations that vlassist supports."""
-
-    model_type: str
-    factor: int  # pixels per visual token side: patch size × spatial merge
-    boxes: str  # "absolute" pixels on the model-input image, or "relative" 0–1000
-
-
-FAMILIES = {
-    "qwen2_vl": Family("qwen2_vl", 28, "relative"),
-    "qwen2_5_vl": Family("qwen2_5_vl", 28, "absolute"),
-    "qwen3_vl": Family("qwen3_vl", 32, "relative"),
-}
 
 
 def inspect_checkpoint(folder: Path) -> Family:
@@ -42,11 +26,12 @@ def inspect_checkpoint(folder: Path) -> Family:
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"{folder / 'config.json'} cannot be read: {exc}") from None
     model_type = config.get("model_type", "")
-    if model_type not in FAMILIES:
+    try:
+        return family(model_type)
+    except UnknownFamilyError:
         raise ModelNotFoundError(
             f"{folder} holds a {model_type or 'unknown'!s} model; vlassist runs {', '.join(FAMILIES)} checkpoints"
-        )
-    return FAMILIES[model_type]
+        ) from None
 
 
 def missing_files(folder: Path) -> list[str]:

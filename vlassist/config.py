@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from vlassist.conversation import GenerationOptions
 from vlassist.errors import ConfigError
 
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 COMPILE = ("auto", "compile", "graph", "static", "off")
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
+DEFAULT_IMAGE_TOKENS = GenerationOptions().max_image_tokens  # one default, kept in GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Settings:
     data_dir: Path = Path("data")
     device: str = "auto"
     attn: str = "auto"
-    max_image_tokens: int = 1280
+    max_image_tokens: int = DEFAULT_IMAGE_TOKENS
     gpu_memory_gb: float | None = None
     cpu_threads: int | None = None
     user_header: str | None = None
@@ -68,7 +70,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("VLASSIST_DATA_DIR", "").strip() or "data").expanduser(),
         device=_choice(env, "VLASSIST_DEVICE", DEVICES, "auto"),
         attn=_choice(env, "VLASSIST_ATTN", ATTENTION, "auto"),
-        max_image_tokens=_number(env, "VLASSIST_MAX_IMAGE_TOKENS", int, 1280, 4, 16384),
+        max_image_tokens=_number(env, "VLASSIST_MAX_IMAGE_TOKENS", int, DEFAULT_IMAGE_TOKENS, 4, 16384),
         gpu_memory_gb=_number(env, "VLASSIST_GPU_MEMORY_GB", float, None, 1, 4096),
         cpu_threads=_number(env, "VLASSIST_CPU_THREADS", int, None, 1, 1024),
         user_header=header,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Protocol
 
 from vlassist.images import LoadedImage, Sizing
@@ -68,6 +68,24 @@ class Stats:
     def to_dict(self) -> dict:
         """Plain-JSON form for storage and `--json-stats`."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> Stats:
+        """Stats from their stored form; unknown keys (older or newer versions wrote them) are ignored."""
+        data = data if isinstance(data, Mapping) else {}
+        known = {f.name for f in fields(cls)} - {"images"}
+        stats = cls(**{key: value for key, value in data.items() if key in known})
+        stats.images = [sizing for item in data.get("images") or [] if (sizing := _sizing(item)) is not None]
+        return stats
+
+
+def _sizing(item) -> Sizing | None:
+    # A malformed entry (hand-edited or half-written) is skipped rather than making the whole answer unreadable.
+    try:
+        (ow, oh), (iw, ih) = item["original_size"], item["input_size"]
+        return Sizing((int(ow), int(oh)), (int(iw), int(ih)), int(item.get("visual_tokens", 0)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 class Reply:

@@ -10,10 +10,8 @@ from typing import Any, NamedTuple
 import json_repair
 import jsonschema
 
-# Qwen2-VL and Qwen3-VL answer on a 0–1000 grid; Qwen2.5-VL in pixels of the processor-resized input.
-RELATIVE_FAMILIES = {"qwen2_vl", "qwen3_vl"}
-ABSOLUTE_FAMILIES = {"qwen2_5_vl"}
-RELATIVE_SCALE = 1000.0
+from vlassist.families import RELATIVE, RELATIVE_SCALE
+from vlassist.families import family as family_of
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _NUMBER = r"-?\d+(?:\.\d+)?"
@@ -49,12 +47,11 @@ def parse_boxes(text: str, family: str, input_size: tuple[int, int], original_si
     `family` is the checkpoint's model_type; `input_size` the (width, height) the processor fed the model;
     `original_size` the (width, height) the user sees (after EXIF rotation).
     """
-    if family not in RELATIVE_FAMILIES | ABSOLUTE_FAMILIES:
-        raise ValueError(f"unknown model family {family!r}")
+    coordinates = family_of(family).coordinates  # UnknownFamilyError (a ValueError) for an unsupported family
     raw = _json_boxes(text) or _tuple_boxes(text)
     in_w, in_h = input_size
     out_w, out_h = original_size
-    if family in RELATIVE_FAMILIES:
+    if coordinates == RELATIVE:
         sx, sy = out_w / RELATIVE_SCALE, out_h / RELATIVE_SCALE
     else:
         sx, sy = out_w / in_w, out_h / in_h

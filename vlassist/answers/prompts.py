@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlassist.families import FAMILIES
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -51,20 +53,11 @@ def preset_prompt(key: str, target: str = "object") -> str:
     return preset.prompt.format(target=target) if "{target}" in preset.prompt else preset.prompt
 
 
-# Each family was trained on its own grounding phrasing and answer format (see parsing.parse_boxes).
-_GROUNDING = {
-    "qwen2_vl": "Find every {target} in this image and give the bounding box of each.",
-    "qwen2_5_vl": ("Locate every {target} in the image, output bbox coordinates in JSON format: a list where each "
-                   "item has \"bbox_2d\": [x1, y1, x2, y2] and \"label\"."),
-    "qwen3_vl": ("Locate every instance that belongs to the following categories: \"{target}\". Report bbox "
-                 "coordinates in JSON format: a list where each item has \"bbox_2d\": [x1, y1, x2, y2] and "
-                 "\"label\"."),
-}
-
-
 def grounding_prompt(family: str, target: str = "object") -> str:
     """The "Find objects" prompt in the phrasing checkpoint family `family` (a model_type) was trained on."""
-    return _GROUNDING.get(family, _GROUNDING["qwen2_5_vl"]).format(target=target.strip() or "object")
+    # An unknown family (e.g. a stored chat from another model) gets the JSON-bbox phrasing most families share.
+    known = FAMILIES.get(family, FAMILIES["qwen2_5_vl"])
+    return known.grounding.format(target=target.strip() or "object")
 
 
 def task_prompt(key: str, family: str, target: str = "object") -> str:

@@ -6,7 +6,12 @@ import contextlib
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import DynamicCache
+from transformers import (
+    DynamicCache,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 # Prefill meets a new (new tokens, cached tokens) shape on nearly every question, and cuDNN's SDPA builds an
 # execution plan for each new shape (tens to hundreds of ms on the host); flash and memory-efficient attention
@@ -90,3 +95,25 @@ def choose(scores: torch.Tensor, sequence: torch.Tensor, processors, greedy: boo
     if greedy:
         return scores.argmax(dim=-1)
     return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)[:, 0]
+
+
+def schema_processor(tokenizer, options, config):
+    """The logits processor that keeps the answer inside `options.json_schema`."""
+    # Imported here: the grammar library is loaded only when a schema is asked for.
+    from vlassist.engine.constrained import schema_logits_processor
+
+    return schema_logits_processor(tokenizer, options.json_schema, config, max_new_tokens=options.max_new_tokens)
+
+
+def logits_processors(options, prompt_len: int, eos_ids, tokenizer, config) -> list:
+    """Logits processors in generate()'s order: answer-length floor, sampling, then the JSON grammar."""
+    chain: list = []
+    if options.min_new_tokens:
+        chain.append(MinNewTokens(prompt_len, options.min_new_tokens, sorted(eos_ids)))
+    if not options.precise:
+        if options.repetition_penalty != 1.0:
+            chain.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
+        chain += [TemperatureLogitsWarper(options.temperature), TopPLogitsWarper(options.top_p)]
+    if options.json_schema:
+        chain.append(schema_processor(tokenizer, options, config))
+    return chain

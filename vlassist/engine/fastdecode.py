@@ -359,7 +359,8 @@ def build_decoder(model, requested: str, max_tokens: int) -> tuple[StaticDecoder
                 decoder = StaticDecoder(model, max_tokens, mode)
                 if mode != "static":
                     decoder.capture()
-                notes = [f"{mode} decode step warmed up"] + [n for n in (decoder.greedy_note, decoder.prefill_note) if n]
+                notes = [f"{mode} decode step warmed up"]
+                notes += [n for n in (decoder.greedy_note, decoder.prefill_note) if n]
                 if decoder.pf_graphs:
                     notes.append(f"follow-ups of up to {max(decoder.prefill_sizes)} new tokens prefill in captured"
                                  f" graphs ({len(decoder.pf_graphs)}, {decoder.prefill_s:.1f} s)")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 
 
 def image_key(sha256: str, input_size: tuple[int, int]) -> int:
@@ -51,7 +51,7 @@ def usable_prefix(tokens: np.ndarray, common: int) -> int:
     return max(n, 0)
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: entries are the store's keys
 class Entry:
     """The K/V of one token sequence: per layer (1, kv_heads, n, head_dim)."""
 
@@ -65,42 +65,61 @@ class PrefixStore:
     """Stored KV caches of earlier prompts and answers, least recently used dropped first past a byte budget."""
 
     def __init__(self, budget_bytes: int):
-        self.budget_bytes = budget_bytes
-        self._entries: OrderedDict[int, Entry] = OrderedDict()
-        self._next_id = 0
+        self._entries = self._new(budget_bytes)
+
+    @staticmethod
+    def _new(budget_bytes: int) -> LRUCache:
+        # Entries are the keys and their sizes the values: a lookup scans every entry, and scanning values of
+        # an LRUCache would count each one as used.
+        return LRUCache(maxsize=budget_bytes, getsizeof=int)
+
+    @property
+    def budget_bytes(self) -> int:
+        """The most bytes all entries may hold together."""
+        return int(self._entries.maxsize)
+
+    @budget_bytes.setter
+    def budget_bytes(self, value: int) -> None:
+        old, self._entries = self._entries, self._new(value)
+        while old:
+            entry, nbytes = old.popitem()  # least recently used first, so their order carries over
+            if nbytes <= value:
+                self._entries[entry] = nbytes
 
     @property
     def nbytes(self) -> int:
         """Bytes held by all entries."""
-        return sum(e.nbytes for e in self._entries.values())
+        return int(self._entries.currsize)
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entries(self) -> list[Entry]:
+        """Every stored entry, without counting as a use."""
+        return list(self._entries)
+
     def lookup(self, tokens: np.ndarray) -> tuple[Entry | None, int]:
         """The entry sharing the longest usable prefix with `tokens`, and that prefix's length (0: no hit)."""
-        best, best_len, best_id = None, 0, None
-        for entry_id, entry in self._entries.items():
+        best, best_len = None, 0
+        for entry in self._entries:
             n = usable_prefix(tokens, common_prefix(tokens, entry.tokens))
             if n > best_len:
-                best, best_len, best_id = entry, n, entry_id
-        if best_id is not None:
-            self._entries.move_to_end(best_id)
+                best, best_len = entry, n
+        if best is not None:
+            self._entries[best]  # noqa: B018  (reading it marks it as the most recently used)
         return best, best_len
 
-    def put(self, tokens: np.ndarray, layers: list[tuple[torch.Tensor, torch.Tensor]], delta: int | None = None) -> bool:
+    def put(self, tokens: np.ndarray, layers: list[tuple[torch.Tensor, torch.Tensor]],
+            delta: int | None = None) -> bool:
         """Keep the K/V of `tokens` (len(tokens) positions) and their M-RoPE delta; False when over the budget."""
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         if nbytes > self.budget_bytes or not len(tokens):
             return False
         # An entry whose tokens are a prefix of the new one can serve nothing the new one cannot.
-        for entry_id in [i for i, e in self._entries.items()
-                         if len(e.tokens) <= len(tokens) and common_prefix(e.tokens, tokens) == len(e.tokens)]:
-            del self._entries[entry_id]
-        while self._entries and self.nbytes + nbytes > self.budget_bytes:
-            self._entries.popitem(last=False)
-        self._entries[self._next_id] = Entry(tokens.copy(), layers, nbytes, delta)
-        self._next_id += 1
+        for entry in [e for e in self._entries
+                      if len(e.tokens) <= len(tokens) and common_prefix(e.tokens, tokens) == len(e.tokens)]:
+            del self._entries[entry]
+        self._entries[Entry(tokens.copy(), layers, nbytes, delta)] = nbytes  # evicts the least recently used
         return True
 
     def clear(self) -> None:

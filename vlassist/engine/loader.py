@@ -14,10 +14,12 @@ import transformers  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # noqa: E402
 
 from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
-from vlassist.checkpoint import Family, inspect_checkpoint
+from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.engine.vision_attention import use_varlen
 from vlassist.errors import ConfigError
+from vlassist.families import Family
+from vlassist.families import family as family_of
 
 log = logging.getLogger(__name__)
 transformers.utils.logging.disable_progress_bar()  # a CLI answer should be the only thing on the terminal
@@ -66,26 +68,29 @@ def attention_candidates(requested: str, device: str) -> list[tuple[str, str]]:
     return [("flash_attention_2", "flash_attn is installed and loaded"), ("sdpa", "")]
 
 
-def _image_only_processor(model_type: str, image_processor, tokenizer, chat_template: str | None):
+def _image_only_processor(model_type: str, image_processor, tokenizer, chat_template: str | dict | None):
     # The stock processors insist on a video processor, which needs torchvision; vlassist takes images only.
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
-
-    base = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[model_type]
+    base = _processor_class(model_type)
     cls = type(base.__name__ + "ImagesOnly", (base,),
                {"get_attributes": classmethod(lambda c: ["image_processor", "tokenizer"])})
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
 
 
-def _chat_template(folder: Path, tokenizer) -> str | None:
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    legacy = folder / "chat_template.json"
-    if legacy.is_file():
-        import json
+def _processor_class(model_type: str):
+    """The transformers processor class vlassist.families names for `model_type`."""
+    return getattr(transformers, family_of(model_type).processor)
 
-        return json.loads(legacy.read_text(encoding="utf-8"))["chat_template"]
-    return getattr(tokenizer, "chat_template", None)
+
+def _chat_template(folder: Path, tokenizer, model_type: str = "qwen2_5_vl") -> str | dict | None:
+    """The chat template AutoProcessor would load from `folder`, else the tokenizer's own.
+
+    transformers decides which file wins (processor_config.json's key, then the legacy chat_template.json over
+    chat_template.jinja, plus chat_templates/*.jinja); asking it keeps vlassist rendering what a stock
+    AutoProcessor renders instead of re-implementing that choice.
+    """
+    processor_dict, _ = _processor_class(model_type).get_processor_dict(str(folder), local_files_only=True)
+    template = processor_dict.get("chat_template")
+    return template if template else getattr(tokenizer, "chat_template", None)
 
 
 def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str]]):
@@ -126,7 +131,8 @@ def load(settings: Settings):
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     image_processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
-    processor = _image_only_processor(family.model_type, image_processor, tokenizer, _chat_template(folder, tokenizer))
+    template = _chat_template(folder, tokenizer, family.model_type)
+    processor = _image_only_processor(family.model_type, image_processor, tokenizer, template)
 
     model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device))
     model.eval()

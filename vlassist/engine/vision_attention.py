@@ -64,8 +64,8 @@ def _batched_sdpa(query, key, value, cu, scaling) -> torch.Tensor:
     for length, starts in by_length.items():
         index = (torch.tensor(starts, device=q.device)[:, None]
                  + torch.arange(length, device=q.device)).reshape(-1)  # (W * length,)
-        pick = lambda t: t[:, index].unflatten(1, (len(starts), length)).transpose(0, 1)  # noqa: E731  (W, H, n, D)
-        part = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), scale=scaling)  # (W, H, n, D)
+        windows = [t[:, index].unflatten(1, (len(starts), length)).transpose(0, 1) for t in (q, k, v)]  # (W, H, n, D)
+        part = F.scaled_dot_product_attention(*windows, scale=scaling)  # (W, H, n, D)
         out[:, index] = part.transpose(0, 1).flatten(1, 2)
     return out.transpose(0, 1).unsqueeze(0)  # (1, T, H, D)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import replace
 
 from vlassist.conversation import GenerationOptions, Reply
 from vlassist.store.history import OwnerStore
@@ -13,13 +13,14 @@ class AnswerRecorder:
     """Wraps a Reply: `chunks()` feeds the page, `finish()` stops what is left and stores the answer."""
 
     def __init__(self, reply: Reply, store: OwnerStore, conversation_id: int, *, options: GenerationOptions,
-                 preset: str | None = None, model: dict | None = None):
+                 preset: str | None = None, model_family: str | None = None, model: str | None = None):
         self.reply = reply
         self.store = store
         self.conversation_id = conversation_id
         self.options = options
         self.preset = preset
-        self.model = model or {}
+        self.model_family = model_family
+        self.model = model
         self.failure: BaseException | None = None
         self.ended = False
         self.message_id: int | None = None
@@ -56,14 +57,13 @@ class AnswerRecorder:
             self.status = "error"
         else:
             self.status = "interrupted" if self.reply.stats.stop_reason == "stopped" else "complete"
-        stats = self.reply.stats.to_dict()
-        stats.update(self.model)
+        stats = replace(self.reply.stats)  # a copy: the engine's own object is left as it reported it
         if self.failure is not None:
-            stats["stop_reason"] = "error"
-            stats["error"] = str(self.failure) or type(self.failure).__name__
+            stats.stop_reason = "error"
+            stats.error = str(self.failure) or type(self.failure).__name__
             if self.status != "interrupted":
                 self.status = "error"
         self.message_id = self.store.add_assistant_message(
-            self.conversation_id, self.reply.text, self.status, preset=self.preset,
-            options=asdict(self.options), stats=stats)
+            self.conversation_id, self.reply.text, self.status, preset=self.preset, options=self.options,
+            stats=stats, model_family=self.model_family, model=self.model)
         return self.message_id

@@ -10,11 +10,11 @@ import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from vlassist.store.history import ImageRef, StoredConversation
+from vlassist.store.records import ImageRef, StoredConversation
 
 FetchImage = Callable[[str], "bytes | None"]
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model beside the stats, not inside them; each image's model-input size
 
 
 def image_filename(ref: ImageRef) -> str:
@@ -47,8 +47,8 @@ def to_markdown(conversation: StoredConversation, image_link: Callable[[ImageRef
             lines.append("")
         if message.text:
             lines += [message.text, ""]
-        if message.status == "error" and message.stats and message.stats.get("error"):
-            lines += [f"> Error: {message.stats['error']}", ""]
+        if message.status == "error" and message.stats and message.stats.error:
+            lines += [f"> Error: {message.stats.error}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -59,14 +59,17 @@ def to_dict(conversation: StoredConversation, fetch: FetchImage | None = None) -
         images = []
         for ref in message.images:
             item = {"sha256": ref.sha256, "name": ref.name, "format": ref.format, "width": ref.width,
-                    "height": ref.height, "bytes": ref.nbytes, "file": f"images/{image_filename(ref)}"}
+                    "height": ref.height, "bytes": ref.nbytes, "file": f"images/{image_filename(ref)}",
+                    "input_size": list(ref.sizing.input_size) if ref.sizing else None,
+                    "visual_tokens": ref.sizing.visual_tokens if ref.sizing else None}
             if fetch is not None:
                 data = fetch(ref.sha256)
                 item["data_base64"] = base64.b64encode(data).decode("ascii") if data is not None else None
             images.append(item)
         messages.append({"role": message.role, "text": message.text, "status": message.status,
                          "created_at": message.created_at, "preset": message.preset, "options": message.options,
-                         "stats": message.stats, "images": images})
+                         "stats": message.stats.to_dict() if message.stats else None,
+                         "model_family": message.model_family, "model": message.model, "images": images})
     return {"format": "vlassist-conversation", "version": FORMAT_VERSION, "id": conversation.id,
             "title": conversation.title, "created_at": conversation.created_at,
             "updated_at": conversation.updated_at, "messages": messages}

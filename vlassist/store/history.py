@@ -1,245 +1,50 @@
-"""Conversation history in SQLite: models, ordered migrations, and a store scoped to one owner."""
+"""Conversation history in SQLite: the store every page uses, scoped to one owner."""
 
 from __future__ import annotations
 
 import io
-import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from PIL import Image as PILImage
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    create_engine,
-    delete,
-    event,
-    exists,
-    func,
-    or_,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, delete, exists, func, or_, select, update
+from sqlalchemy.orm import Session
 
-from vlassist.images import LoadedImage
+from vlassist.conversation import GenerationOptions, Stats
+from vlassist.images import Sizing
+from vlassist.store.records import (
+    FINAL_STATUSES,
+    STATUSES,
+    ConversationSummary,
+    ImageRef,
+    NewImage,
+    StoredConversation,
+    StoredMessage,
+)
+from vlassist.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Conversation,
+    Image,
+    Message,
+    MessageImage,
+    match_sizes,
+    migrate,
+    open_engine,
+    schema_version,
+)
+
+# Callers import these from here as before the schema moved to its own module.
+__all__ = ["DB_NAME", "FINAL_STATUSES", "LOCAL_OWNER", "MIGRATIONS", "SCHEMA_VERSION", "STATUSES", "THUMBNAIL_SIDE",
+           "ConversationSummary", "History", "ImageRef", "NewImage", "OwnerStore", "StoredConversation",
+           "StoredMessage", "make_thumbnail", "make_title", "migrate", "open_engine", "schema_version"]
 
 DB_NAME = "history.sqlite3"
 THUMBNAIL_SIDE = 320
-STATUSES = ("complete", "interrupted", "error")
 TITLE_LENGTH = 80
 LOCAL_OWNER = "local"
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the history tables."""
-
-
-class Conversation(Base):
-    """A conversation row: who owns it, its title, when it was created and last changed."""
-
-    __tablename__ = "conversations"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    owner: Mapped[str] = mapped_column(String(200), index=True)
-    title: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[float] = mapped_column(Float)
-    updated_at: Mapped[float] = mapped_column(Float)
-
-
-class Message(Base):
-    """A message row: role, text, status and, for answers, the preset, options and stats used."""
-
-    __tablename__ = "messages"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
-    position: Mapped[int] = mapped_column(Integer)
-    role: Mapped[str] = mapped_column(String(16))
-    text: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16))
-    preset: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    options: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
-    stats: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class Image(Base):
-    """An image file stored once, keyed by the sha256 of its bytes, with a small JPEG thumbnail."""
-
-    __tablename__ = "images"
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    format: Mapped[str] = mapped_column(String(16))
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    nbytes: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    thumbnail: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class MessageImage(Base):
-    """Which images a message carries, in order, under the file name the user gave."""
-
-    __tablename__ = "message_images"
-    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-
-
-# ---- migrations: append only; each runs once, in order, inside one transaction ----
-
-def _m001_initial(conn: Connection) -> None:
-    statements = [
-        """CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY, owner VARCHAR(200) NOT NULL, title VARCHAR(200) NOT NULL,
-            created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL)""",
-        "CREATE INDEX ix_conversations_owner ON conversations (owner, updated_at)",
-        """CREATE TABLE messages (
-            id INTEGER PRIMARY KEY,
-            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
-            position INTEGER NOT NULL, role VARCHAR(16) NOT NULL, text TEXT NOT NULL, status VARCHAR(16) NOT NULL,
-            preset VARCHAR(32), options TEXT, stats TEXT, created_at FLOAT NOT NULL)""",
-        "CREATE INDEX ix_messages_conversation_id ON messages (conversation_id, position)",
-        """CREATE TABLE images (
-            sha256 VARCHAR(64) PRIMARY KEY, format VARCHAR(16) NOT NULL, width INTEGER NOT NULL,
-            height INTEGER NOT NULL, nbytes INTEGER NOT NULL, data BLOB NOT NULL, thumbnail BLOB NOT NULL,
-            created_at FLOAT NOT NULL)""",
-        """CREATE TABLE message_images (
-            message_id INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-            position INTEGER NOT NULL, sha256 VARCHAR(64) NOT NULL REFERENCES images (sha256),
-            name VARCHAR(255) NOT NULL, PRIMARY KEY (message_id, position))""",
-        "CREATE INDEX ix_message_images_sha256 ON message_images (sha256)",
-    ]
-    for statement in statements:
-        conn.exec_driver_sql(statement)
-
-
-MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
-    ("001_initial", _m001_initial),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def migrate(engine: Engine) -> list[str]:
-    """Apply the migrations this database has not seen yet; return their names."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TABLE IF NOT EXISTS migrations (name VARCHAR(100) PRIMARY KEY, applied_at FLOAT NOT NULL)")
-        done = {row[0] for row in conn.exec_driver_sql("SELECT name FROM migrations")}
-    applied = []
-    for name, step in MIGRATIONS:
-        if name in done:
-            continue
-        with engine.begin() as conn:
-            step(conn)
-            conn.execute(text("INSERT INTO migrations (name, applied_at) VALUES (:n, :t)"),
-                         {"n": name, "t": time.time()})
-            conn.exec_driver_sql(f"PRAGMA user_version = {MIGRATIONS.index((name, step)) + 1}")
-        applied.append(name)
-    return applied
-
-
-def schema_version(engine: Engine) -> int:
-    """The number of migrations applied to this database."""
-    with engine.connect() as conn:
-        return int(conn.exec_driver_sql("PRAGMA user_version").scalar())
-
-
-def open_engine(path: Path | str) -> Engine:
-    """A SQLAlchemy engine on a SQLite file: WAL, busy timeout, foreign keys, write-ready transactions."""
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 10, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
-        # Let SQLAlchemy emit BEGIN itself, so a write transaction takes its lock at once instead of
-        # failing on a lock upgrade when two sessions write at the same moment.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-# ---- plain records handed to the UI (no live database objects leave this module) ----
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An image attached to a message: its content hash, file name, format and original size."""
-
-    sha256: str
-    name: str
-    format: str
-    width: int
-    height: int
-    nbytes: int
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """Original (width, height)."""
-        return (self.width, self.height)
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """A message as stored: role, text, status, and for answers the preset, options and stats."""
-
-    id: int
-    role: str
-    text: str
-    status: str
-    created_at: float
-    preset: str | None = None
-    options: dict | None = None
-    stats: dict | None = None
-    images: list[ImageRef] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ConversationSummary:
-    """One line of the conversation list."""
-
-    id: int
-    title: str
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class StoredConversation:
-    """A whole conversation with its messages in order."""
-
-    id: int
-    owner: str
-    title: str
-    created_at: float
-    updated_at: float
-    messages: list[StoredMessage]
-
-
-@dataclass(frozen=True)
-class NewImage:
-    """An image about to be stored: the original bytes, the decoded image and the user's file name."""
-
-    data: bytes
-    loaded: LoadedImage
-    name: str
 
 
 def make_title(text_: str, fallback: str = "Image question") -> str:
@@ -257,6 +62,12 @@ def make_thumbnail(image: PILImage.Image, side: int = THUMBNAIL_SIDE) -> bytes:
     buf = io.BytesIO()
     thumb.save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+def _sizing(link: MessageImage, original: tuple[int, int]) -> Sizing | None:
+    if link.input_width is None or link.input_height is None:
+        return None
+    return Sizing(original, (link.input_width, link.input_height), link.visual_tokens or 0)
 
 
 def _like(term: str) -> str:
@@ -281,6 +92,16 @@ class History:
     def for_owner(self, owner: str) -> OwnerStore:
         """The store of one owner's conversations."""
         return OwnerStore(self.engine, owner)
+
+    def mark_running_interrupted(self) -> int:
+        """Mark every answer still "running" as "interrupted", keeping its text; return how many.
+
+        For a server starting up: no answer can be running before it has started one, so these were cut off
+        when an earlier process ended.
+        """
+        with self.engine.begin() as conn:
+            return conn.execute(update(Message).where(Message.status == "running")
+                                .values(status="interrupted")).rowcount
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -334,18 +155,18 @@ class OwnerStore:
                                        .order_by(Message.position, Message.id)).all()
             refs: dict[int, list[ImageRef]] = {}
             rows = session.execute(
-                select(MessageImage.message_id, MessageImage.name, Image.sha256, Image.format, Image.width,
-                       Image.height, Image.nbytes)
+                select(MessageImage, Image.format, Image.width, Image.height, Image.nbytes)
                 .join(Image, Image.sha256 == MessageImage.sha256)
                 .join(Message, Message.id == MessageImage.message_id)
                 .where(Message.conversation_id == conv.id)
                 .order_by(MessageImage.message_id, MessageImage.position))
-            for mid, name, sha, fmt, width, height, nbytes in rows:
-                refs.setdefault(mid, []).append(ImageRef(sha, name, fmt, width, height, nbytes))
+            for link, fmt, width, height, nbytes in rows:
+                refs.setdefault(link.message_id, []).append(
+                    ImageRef(link.sha256, link.name, fmt, width, height, nbytes, _sizing(link, (width, height))))
             return StoredConversation(conv.id, conv.owner, conv.title, conv.created_at, conv.updated_at, [
-                StoredMessage(m.id, m.role, m.text, m.status, m.created_at, m.preset,
-                              json.loads(m.options) if m.options else None,
-                              json.loads(m.stats) if m.stats else None, refs.get(m.id, []))
+                StoredMessage(m.id, m.role, m.text, m.status, m.created_at, m.preset, m.options,
+                              Stats.from_dict(m.stats) if m.stats is not None else None, refs.get(m.id, []),
+                              m.model_family, m.model)
                 for m in messages])
 
     def rename(self, conversation_id: int, title: str) -> bool:
@@ -397,21 +218,80 @@ class OwnerStore:
             return message.id
 
     def add_assistant_message(self, conversation_id: int, text_: str, status: str, *, preset: str | None = None,
-                              options: dict | None = None, stats: dict | None = None) -> int:
-        """Store an answer with its status, the preset and options used, and its stats; return its id."""
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}")
-        now = time.time()
+                              options: GenerationOptions | dict | None = None, stats: Stats | None = None,
+                              model_family: str | None = None, model: str | None = None) -> int:
+        """Store a finished answer with its status, preset, options, stats and model; return its id."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"status must be one of {FINAL_STATUSES}")
         with Session(self.engine) as session, session.begin():
-            conv = self._require(session, conversation_id)
-            message = Message(conversation_id=conv.id, position=self._next_position(session, conv.id),
-                              role="assistant", text=text_, status=status, preset=preset,
-                              options=json.dumps(options) if options is not None else None,
-                              stats=json.dumps(stats) if stats is not None else None, created_at=now)
-            session.add(message)
-            conv.updated_at = now
-            session.flush()
+            message = self._new_answer(session, conversation_id, text_, status, preset, options, model_family, model)
+            if stats is not None:
+                self._set_stats(session, message, stats)
             return message.id
+
+    def start_answer(self, conversation_id: int, *, preset: str | None = None,
+                     options: GenerationOptions | dict | None = None, model_family: str | None = None,
+                     model: str | None = None) -> int:
+        """Store an empty answer with status "running", to be filled by `update_answer`; return its id."""
+        with Session(self.engine) as session, session.begin():
+            return self._new_answer(session, conversation_id, "", "running", preset, options, model_family,
+                                    model).id
+
+    def update_answer(self, message_id: int, text_: str, *, status: str | None = None,
+                      stats: Stats | None = None) -> bool:
+        """Store an answer's text so far, and its status and stats when given; False if this owner has no such one.
+
+        Called about once a second while an answer streams, so it is one short transaction.
+        """
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}")
+        with Session(self.engine) as session, session.begin():
+            message = session.scalars(select(Message).join(Conversation).where(
+                Message.id == message_id, Message.role == "assistant", Conversation.owner == self.owner)).first()
+            if message is None:
+                return False  # deleted while it was being written: nothing to keep
+            message.text = text_
+            if status is not None:
+                message.status = status
+                if status != "running":
+                    session.execute(update(Conversation).where(Conversation.id == message.conversation_id)
+                                    .values(updated_at=time.time()))
+            if stats is not None:
+                self._set_stats(session, message, stats)
+            return True
+
+    def _new_answer(self, session: Session, conversation_id: int, text_: str, status: str, preset: str | None,
+                    options: GenerationOptions | dict | None, model_family: str | None,
+                    model: str | None) -> Message:
+        now = time.time()
+        conv = self._require(session, conversation_id)
+        if isinstance(options, GenerationOptions):
+            options = asdict(options)
+        message = Message(conversation_id=conv.id, position=self._next_position(session, conv.id),
+                          role="assistant", text=text_, status=status, preset=preset, options=options,
+                          model_family=model_family, model=model, created_at=now)
+        session.add(message)
+        conv.updated_at = now
+        session.flush()
+        return message
+
+    @staticmethod
+    def _set_stats(session: Session, message: Message, stats: Stats) -> None:
+        """Store an answer's stats and give the conversation's unsized images the sizes it lists."""
+        message.stats = stats.to_dict()
+        if not stats.images:
+            return
+        # The stats list every image of the conversation up to the answered question, in order.
+        rows = session.execute(
+            select(MessageImage, Image.width, Image.height)
+            .join(Image, Image.sha256 == MessageImage.sha256).join(Message, Message.id == MessageImage.message_id)
+            .where(Message.conversation_id == message.conversation_id, Message.position < message.position)
+            .order_by(Message.position, Message.id, MessageImage.position)).all()
+        pairs = match_sizes([((w, h), link.input_width is not None) for link, w, h in rows], stats.images)
+        for row_index, sizing_index in pairs:
+            link, sizing = rows[row_index][0], stats.images[sizing_index]
+            link.input_width, link.input_height = sizing.input_size
+            link.visual_tokens = sizing.visual_tokens
 
     # ---- images ----
 

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import streamlit as st
 
-from vlassist.answers.parsing import ABSOLUTE_FAMILIES, RELATIVE_FAMILIES
 from vlassist.answers.prompts import preset_prompt
-from vlassist.conversation import GenerationOptions, Turn
+from vlassist.conversation import GenerationOptions, Stats, Turn
 from vlassist.errors import ImageError, VlassistError
+from vlassist.families import FAMILIES
 from vlassist.images import LoadedImage, load_image
 from vlassist.service.recording import AnswerRecorder
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
@@ -26,7 +26,7 @@ CHAT_KEY = tasks.CHAT_KEY
 CONVERSATION_KEY = "conversation_id"
 HELD_KEY = "held_images"
 STRUCTURED = ("json", "grounding", "table", "chart", "html")
-BOX_FAMILIES = RELATIVE_FAMILIES | ABSOLUTE_FAMILIES
+BOX_FAMILIES = frozenset(FAMILIES)  # every supported family answers grounding with boxes
 VIEW_LABELS = {"grounding": "Boxes", "html": "HTML", "table": "Table"}  # views a free answer can be given
 _DECODED_CACHE_SIZE = 16
 
@@ -80,21 +80,21 @@ def restore_pending_text() -> None:
         st.session_state[CHAT_KEY] = text
 
 
-def stats_caption(stats: dict | None) -> str:
+def stats_caption(stats: Stats | None) -> str:
     """One line about what an answer cost: time to first token, speed, tokens, visual tokens."""
     if not stats:
         return ""
     parts = []
-    if stats.get("queued_s", 0) >= 0.5:
-        parts.append(f"queued {stats['queued_s']:.1f} s")
-    if stats.get("new_tokens"):
-        parts.append(f"first token {stats.get('ttft_s', 0):.2f} s")
-        parts.append(f"{stats.get('tokens_per_s', 0):.1f} tokens/s")
-    parts.append(f"{stats.get('new_tokens', 0)} tokens")
-    parts.append(f"prompt {stats.get('prompt_tokens', 0)} ({stats.get('visual_tokens', 0)} visual)")
-    if stats.get("total_s"):
-        parts.append(f"{stats['total_s']:.1f} s total")
-    if stats.get("stop_reason") == "length":
+    if stats.queued_s >= 0.5:
+        parts.append(f"queued {stats.queued_s:.1f} s")
+    if stats.new_tokens:
+        parts.append(f"first token {stats.ttft_s:.2f} s")
+        parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
+    parts.append(f"{stats.new_tokens} tokens")
+    parts.append(f"prompt {stats.prompt_tokens} ({stats.visual_tokens} visual)")
+    if stats.total_s:
+        parts.append(f"{stats.total_s:.1f} s total")
+    if stats.stop_reason == "length":
         parts.append("cut at the answer length")
     return " · ".join(parts)
 
@@ -148,7 +148,7 @@ def render_assistant_message(message: StoredMessage,
         if message.status == "interrupted":
             st.caption("⏹ Stopped — partial answer")
         elif message.status == "error":
-            reason = (message.stats or {}).get("error") or "unknown error"
+            reason = (message.stats.error if message.stats else None) or "unknown error"
             st.error(f"The answer failed: {reason}")
         caption = stats_caption(message.stats)
         if caption:
@@ -166,12 +166,13 @@ def result_view(message: StoredMessage) -> str | None:
 
 
 def _render_view(message: StoredMessage, view: str, images: Callable[[], list[dict]] | None) -> dict | None:
-    stats, options = message.stats or {}, message.options or {}
-    stop_reason = "stopped" if message.status == "interrupted" else stats.get("stop_reason", "eos")
-    if view == "grounding" and stats.get("model_family") not in BOX_FAMILIES:
+    options = message.options or {}
+    stop_reason = "stopped" if message.status == "interrupted" else (
+        message.stats.stop_reason if message.stats else "eos")
+    if view == "grounding" and message.model_family not in BOX_FAMILIES:
         st.caption("Boxes cannot be placed: this answer does not record which model family wrote it.")
         return None
-    args = dict(family=stats.get("model_family", ""), stop_reason=stop_reason, key=f"msg{message.id}",
+    args = dict(family=message.model_family or "", stop_reason=stop_reason, key=f"msg{message.id}",
                 images=images() if images and view == "grounding" else [], schema=options.get("json_schema"))
     if message.preset in STRUCTURED:
         return render_result(view, message.text, **args)
@@ -180,28 +181,15 @@ def _render_view(message: StoredMessage, view: str, images: Callable[[], list[di
         return render_result(view, message.text, **args)
 
 
-def result_images(message: StoredMessage, refs: list[ImageRef], offset: int, store: OwnerStore) -> list[dict]:
-    """The question's images for an answer's view: decoded originals and the sizes the model saw them at.
-
-    The answer's stats list every image the model was shown, in conversation order; `offset` is where the
-    question's own images start in that list.
-    """
-    sizes = (message.stats or {}).get("images") or []
+def result_images(refs: list[ImageRef], store: OwnerStore) -> list[dict]:
+    """The question's images for an answer's view: decoded originals and the sizes the model saw them at."""
     images = []
-    for i, ref in enumerate(refs):
-        sizing = _sizing_for(sizes, offset + i, ref)
-        if sizing is None:
-            continue  # an answer stored without sizes (failed early): no coordinates to map boxes with
-        images.append({"original_size": tuple(sizing["original_size"]), "input_size": tuple(sizing["input_size"]),
+    for ref in refs:
+        if ref.sizing is None:
+            continue  # no answer recorded this image's model-input size: no coordinates to map boxes with
+        images.append({"original_size": ref.size, "input_size": ref.sizing.input_size,
                        "image": _load_stored(ref, store), "name": ref.name})
     return images
-
-
-def _sizing_for(sizes: list[dict], index: int, ref: ImageRef) -> dict | None:
-    if index < len(sizes) and tuple(sizes[index]["original_size"]) == ref.size:
-        return sizes[index]
-    # Positions shift if an image could not be read back when the answer was made: match by size instead.
-    return next((s for s in reversed(sizes) if tuple(s["original_size"]) == ref.size), None)
 
 
 def _load_stored(ref: ImageRef, store: OwnerStore) -> LoadedImage | None:
@@ -218,18 +206,15 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
         st.caption("Paste a screenshot (Ctrl+V in the box below), drop or attach images, pick a task or "
                    "type a question.")
         return None
-    shown = 0  # images the model has been shown so far, in order (what each answer's stats list)
-    question: tuple[list[ImageRef], int] = ([], 0)
+    question: list[ImageRef] = []  # the images of the latest question that had any (follow-ups ask about them)
     request = None
     for message in conversation.messages:
         if message.role == "user":
             render_user_message(message, store, engine, options)
             if message.images:
-                question = (message.images, shown)
-                shown += len(message.images)
+                question = message.images
         else:
-            zoom = render_assistant_message(
-                message, lambda m=message, q=question: result_images(m, q[0], q[1], store))
+            zoom = render_assistant_message(message, lambda q=question: result_images(q, store))
             request = request or zoom
     return request
 
@@ -350,7 +335,7 @@ def stream_answer(conversation: StoredConversation, engine, store: OwnerStore, o
         reply = engine.stream(turns, options, on_queued=lambda: waiting.info(
             "Waiting for the GPU — another answer is being generated; yours starts right after.", icon="⏳"))
         recorder = AnswerRecorder(reply, store, conversation.id, options=options, preset=preset,
-                                  model={"model_family": engine.info.family, "model": engine.info.model_dir})
+                                  model_family=engine.info.family, model=str(engine.info.model_dir))
 
         def chunks():
             for i, chunk in enumerate(recorder.chunks()):

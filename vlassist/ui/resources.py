@@ -8,6 +8,7 @@ import streamlit as st
 
 from vlassist.config import Settings, load_settings
 from vlassist.errors import ConfigError, ModelNotFoundError
+from vlassist.service.answering import AnswerService
 from vlassist.store.history import LOCAL_OWNER, History
 
 MAX_OWNER_LENGTH = 200
@@ -24,7 +25,10 @@ def settings_or_stop() -> Settings:
 
 @st.cache_resource(show_spinner=False)
 def _history(data_dir: str) -> History:
-    return History.open(data_dir)
+    history = History.open(data_dir)
+    # Answers that were being written when the last server process ended: keep their text, mark them stopped.
+    history.mark_running_interrupted()
+    return history
 
 
 def history(settings: Settings) -> History:
@@ -60,6 +64,16 @@ def engine_or_stop(settings: Settings):
     except ConfigError as exc:
         st.error(f"The model cannot be loaded: {exc}")
         st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _service(key: str, _engine) -> AnswerService:
+    return AnswerService(_engine)
+
+
+def service(engine) -> AnswerService:
+    """The answer service over the loaded model: one queue for every session of this server process."""
+    return _service(str(id(engine)), engine)
 
 
 def owner_or_stop(settings: Settings) -> str:

@@ -110,11 +110,15 @@ def render_html(text: str, *, stop_reason: str, key: str) -> None:
 
 
 def render_boxes(text: str, *, family: str, images: list[dict], key: str) -> dict | None:
-    """Boxes drawn on the (first) image with a table, JSON/CSV/COCO exports and a zoom-in action."""
+    """Boxes drawn on the image they are about, with a table, JSON/CSV/COCO exports and a zoom-in action.
+
+    With several images the user picks which one the boxes are about (the answer does not say); the boxes
+    are then mapped with that image's own sizes.
+    """
     if not images:
         st.info("Boxes need the image the question was about.")
         return None
-    info = images[0]
+    info = images[_chosen_image(images, key)]
     original, model_input = tuple(info["original_size"]), tuple(info["input_size"])
     boxes = parse_boxes(text, family, model_input, original)
     if not boxes:
@@ -143,6 +147,14 @@ def render_boxes(text: str, *, family: str, images: list[dict], key: str) -> dic
                 "prompt": f"Look closely at this region{f' ({box.label})' if box.label else ''} and describe "
                           "what it shows, reading any text exactly."}
     return None
+
+
+def _chosen_image(images: list[dict], key: str) -> int:
+    if len(images) == 1:
+        return 0
+    return st.selectbox("Boxes are on image", range(len(images)), key=f"{key}-boxes-image",
+                        format_func=lambda i: f"{i + 1}: {images[i].get('name') or 'image'}",
+                        help="The question had several images; Qwen-VL answers in the coordinates of one.")
 
 
 def table_rows(table: Table) -> list[dict[str, str]]:

@@ -27,8 +27,8 @@ def render_settings(settings: Settings) -> GenerationOptions:
             key="opt_max_image_tokens",
             help="More tokens read small text better but take longer and use more GPU memory.")
         low_res = st.toggle("Low resolution (faster, long side about 768 px)", key="opt_low_res", value=False)
-        length = st.select_slider("Answer length (max tokens)", options=ANSWER_LENGTHS,
-                                  value=_nearest(ANSWER_LENGTHS, 1024), key="opt_max_new_tokens")
+        length = st.select_slider("Answer length (max tokens)", options=ANSWER_LENGTHS, key="opt_max_new_tokens",
+                                  value=_nearest(ANSWER_LENGTHS, GenerationOptions().max_new_tokens))
         mode = st.radio("Decoding", [PRECISE, CREATIVE], key="opt_decoding", horizontal=True,
                         help="Precise is deterministic (best for OCR, JSON, tables); creative samples.")
     return GenerationOptions(max_new_tokens=int(length), precise=mode == PRECISE, max_image_tokens=int(tokens),

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import streamlit as st
 
+from vlassist.service.answering import AnswerService
 from vlassist.store import export
 from vlassist.store.history import OwnerStore, StoredConversation
 from vlassist.ui.chat import CONVERSATION_KEY
@@ -43,12 +44,14 @@ def _rename(store: OwnerStore, conversation_id: int) -> None:
         store.rename(conversation_id, title)
 
 
-def _delete(store: OwnerStore, conversation_id: int) -> None:
+def _delete(store: OwnerStore, service: AnswerService, conversation_id: int) -> None:
+    service.cancel_conversation(conversation_id)  # its queued or running answers have nowhere to go
     store.delete(conversation_id)
     _open(None)
 
 
-def render_conversation_actions(store: OwnerStore, conversation: StoredConversation | None) -> None:
+def render_conversation_actions(store: OwnerStore, service: AnswerService,
+                                conversation: StoredConversation | None) -> None:
     """Rename, export (Markdown + images zip, JSON with embedded images) and delete the open conversation."""
     if conversation is None:
         return
@@ -66,4 +69,4 @@ def render_conversation_actions(store: OwnerStore, conversation: StoredConversat
                            key=f"export_json_{conversation.id}", on_click="ignore", width="stretch")
         confirm = st.checkbox("Yes, delete this conversation", key=f"confirm_delete_{conversation.id}")
         st.button("🗑 Delete", key=f"delete_{conversation.id}", disabled=not confirm, on_click=_delete,
-                  args=(store, conversation.id), width="stretch")
+                  args=(store, service, conversation.id), width="stretch")

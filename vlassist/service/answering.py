@@ -1,0 +1,186 @@
+"""The answer service: one per process, it owns the answerer and runs requests one at a time, in arrival order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from vlassist.conversation import Answerer
+from vlassist.errors import VlassistError
+from vlassist.service.jobs import Job, Outcome, Request
+
+log = logging.getLogger(__name__)
+
+Admission = Callable[[Request], None]  # raises VlassistError to refuse a request before it is queued
+RECENT_JOBS = 20  # finished jobs whose durations feed the wait estimate
+
+
+class AnswerService:
+    """A FIFO queue of jobs in front of one answerer; cancel by id; positions and wait estimates for each job."""
+
+    def __init__(self, answerer: Answerer, admission: Sequence[Admission] = ()):
+        self.answerer = answerer
+        self.admission = list(admission)
+        self._queue: deque[Job] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._running: Job | None = None
+        self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="vlassist-answers", daemon=True)
+        self._worker.start()
+
+    # ---- what front ends call ----
+
+    def admit(self, request: Request) -> None:
+        """Run the admission checks: raise VlassistError, naming the limit, if the request cannot be answered."""
+        for check in self.admission:
+            check(request)
+
+    def submit(self, request: Request, admitted: bool = False) -> Job:
+        """Queue a request behind every earlier one and return its job (checked first unless `admitted`)."""
+        if not admitted:
+            self.admit(request)
+        job = Job(request)
+        with self._wake:
+            if self._closed:
+                raise VlassistError("the answer service is shutting down")
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._wake.notify()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, queued, running or recently finished."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def job_for_message(self, message_id: int) -> Job | None:
+        """The newest job filling in this stored answer, if this process has one."""
+        with self._lock:
+            found = [j for j in self._jobs.values() if j.request.message_id == message_id]
+        return found[-1] if found else None
+
+    def cancel(self, job_id: str) -> bool:
+        """Stop a job: a queued one never starts, a running one ends within one decode step. False if unknown/done."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.done:
+                return False
+            job.cancel_event.set()
+            queued = job in self._queue
+            if queued:
+                self._queue.remove(job)
+        if queued:
+            self._end(job, "stopped")
+        return True
+
+    def cancel_conversation(self, conversation_id: int) -> int:
+        """Stop every job of a conversation (it was deleted); returns how many were stopped."""
+        with self._lock:
+            ids = [j.id for j in self._jobs.values() if j.request.conversation_id == conversation_id and not j.done]
+        return sum(self.cancel(job_id) for job_id in ids)
+
+    def position(self, job: Job) -> int:
+        """1 for the next job to start, 2 for the one after…; 0 once it runs or has ended."""
+        with self._lock:
+            try:
+                return self._queue.index(job) + 1
+            except ValueError:
+                return 0
+
+    def estimate_s(self, job: Job) -> float | None:
+        """Roughly how long until this job starts, from recent answers' durations; None before any finished."""
+        with self._lock:
+            if not self._durations:
+                return None
+            typical = sum(self._durations) / len(self._durations)
+            try:
+                ahead = self._queue.index(job)
+            except ValueError:
+                return 0.0
+            running = self._running
+        left = 0.0
+        if running is not None and running.started is not None:
+            left = max(0.0, typical - (time.monotonic() - running.started))
+        return left + ahead * typical
+
+    @property
+    def queued(self) -> int:
+        """How many jobs wait to start."""
+        with self._lock:
+            return len(self._queue)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs, cancel every queued and running one, and wait for the worker to end."""
+        with self._wake:
+            self._closed = True
+            pending = list(self._queue) + ([self._running] if self._running else [])
+            self._wake.notify()
+        for job in pending:
+            self.cancel(job.id)
+        self._worker.join(timeout)
+
+    # ---- the worker thread ----
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._queue or self._closed)
+                if self._closed and not self._queue:
+                    return
+                job = self._queue.popleft()
+                self._running = job
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._running = None
+                    if job.started is not None and job.finished is not None and job.outcome == "complete":
+                        self._durations.append(job.finished - job.started)
+                    self._forget_old()
+
+    def _run(self, job: Job) -> None:
+        job._start()
+        sink = job.request.sink
+        try:
+            reply = self.answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
+            for chunk in reply:
+                job._append(chunk)
+                if sink is not None:
+                    sink.progress(job.text)
+        except VlassistError as exc:
+            self._end(job, "failed", error=str(exc))
+            return
+        except Exception as exc:  # a bug or a device fault: keep the service alive, tell the asker
+            log.exception("answer %s failed", job.id)
+            self._end(job, "failed", error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            return
+        stopped = reply.stats.stop_reason == "stopped" or job.cancelled
+        self._end(job, "stopped" if stopped else "complete", reply.stats)
+
+    def _end(self, job: Job, outcome: Outcome, stats=None, error: str | None = None) -> None:
+        if stats is None:
+            stats = job.stats
+        if error is not None:
+            stats.stop_reason, stats.error = "error", error
+        elif outcome == "stopped":
+            stats.stop_reason = "stopped"
+        sink = job.request.sink
+        if sink is not None:
+            try:
+                sink.finish(job.text, outcome, stats)
+            except Exception:  # the answer stays readable from the job even if the store refused it
+                log.exception("could not store answer %s", job.id)
+        job._end(outcome, stats, error)
+
+    def _forget_old(self) -> None:
+        # Finished jobs stay readable for a while (a page polls them once more); keep the newest few.
+        done = [job_id for job_id, job in self._jobs.items() if job.done]
+        for job_id in done[:-RECENT_JOBS]:
+            del self._jobs[job_id]
+

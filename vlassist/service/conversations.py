@@ -1,0 +1,114 @@
+"""Stored conversations as answer jobs: the question and a placeholder answer are stored first, the text follows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from cachetools import LRUCache
+
+from vlassist.conversation import GenerationOptions, Stats, Turn
+from vlassist.errors import ImageError
+from vlassist.images import LoadedImage, load_image
+from vlassist.service.answering import AnswerService
+from vlassist.service.jobs import Job, Outcome, Request
+from vlassist.store.history import NewImage, OwnerStore, StoredConversation
+
+PERSIST_EVERY_S = 1.0  # a crash loses at most about this much of a streaming answer…
+PERSIST_EVERY_CHUNKS = 24  # …or this many chunks (about one token each), whichever comes first
+STATUS = {"complete": "complete", "stopped": "interrupted", "failed": "error"}
+DECODED_IMAGES = 16  # decoded images kept by content hash, so follow-ups do not decode them again
+
+_decoded: LRUCache = LRUCache(maxsize=DECODED_IMAGES)
+_decoded_lock = threading.Lock()
+
+
+def remember_decoded(image: LoadedImage) -> None:
+    """Keep a just-decoded image, so building the turns of its conversation does not decode it again."""
+    with _decoded_lock:
+        _decoded[image.sha256] = image
+
+
+def stored_image(store: OwnerStore, sha256: str, name: str) -> LoadedImage | None:
+    """A stored image, decoded (cached by content hash); None if it cannot be read back."""
+    with _decoded_lock:
+        image = _decoded.get(sha256)
+    if image is None:
+        data = store.image_data(sha256)
+        if data is None:
+            return None
+        try:
+            image = load_image(data, name)
+        except ImageError:
+            return None
+        remember_decoded(image)
+    return image
+
+
+def build_turns(conversation: StoredConversation, store: OwnerStore, upto: int | None = None) -> list[Turn]:
+    """The conversation as model turns, up to and including message `upto`; failed and empty answers left out."""
+    turns = []
+    for message in conversation.messages:
+        if message.role == "assistant":
+            if message.status != "error" and message.text:
+                turns.append(Turn("assistant", message.text))
+        else:
+            images = [stored_image(store, ref.sha256, ref.name) for ref in message.images]
+            turns.append(Turn("user", message.text, [image for image in images if image is not None]))
+        if message.id == upto:
+            break
+    return turns
+
+
+class StoreSink:
+    """Writes a streaming answer into its stored message about once a second, and for good when it ends."""
+
+    def __init__(self, store: OwnerStore, message_id: int, model: dict | None = None):
+        self.store = store
+        self.message_id = message_id
+        self.model = model or {}
+        self._written_at = time.monotonic()
+        self._chunks = 0
+
+    def progress(self, text: str) -> None:
+        """Store the text so far if a second or a few dozen chunks have passed since the last write."""
+        self._chunks += 1
+        if self._chunks >= PERSIST_EVERY_CHUNKS or time.monotonic() - self._written_at >= PERSIST_EVERY_S:
+            self.store.update_answer(self.message_id, text)
+            self._written_at, self._chunks = time.monotonic(), 0
+
+    def finish(self, text: str, outcome: Outcome, stats: Stats) -> None:
+        """Store the whole answer with its final status and stats."""
+        self.store.update_answer(self.message_id, text, status=STATUS[outcome], stats=stats)
+
+
+def ask(service: AnswerService, store: OwnerStore, conversation_id: int, text: str,
+        images: Sequence[NewImage] = (), options: GenerationOptions = GenerationOptions(),
+        preset: str | None = None, model: dict | None = None) -> Job:
+    """Store the question and an empty answer after it, and queue the job that fills the answer in.
+
+    Both are stored before anything runs, so the history alternates question/answer whatever happens next:
+    a crash leaves a running answer that the next start marks interrupted, a cancel leaves it stopped.
+    """
+    for new in images:
+        remember_decoded(new.loaded)
+    conversation = store.get_conversation(conversation_id)
+    so_far = build_turns(conversation, store) if conversation is not None else []
+    # Refused before anything is stored: the page gives the question back with the reason.
+    service.admit(Request(so_far + [Turn("user", text, [new.loaded for new in images])], options))
+    question_id = store.add_user_message(conversation_id, text, images)
+    answer_id = store.start_answer(conversation_id, preset=preset, options=options)
+
+    def turns() -> list[Turn]:
+        conversation = store.get_conversation(conversation_id)
+        if conversation is None:
+            return []  # deleted while queued; the engine refuses an empty conversation
+        return build_turns(conversation, store, upto=question_id)
+
+    request = Request(turns, options, StoreSink(store, answer_id, model), conversation_id, answer_id)
+    try:
+        return service.submit(request, admitted=True)
+    except Exception as exc:
+        store.update_answer(answer_id, "", status="error", stats=Stats(stop_reason="error", error=str(exc)))
+        raise

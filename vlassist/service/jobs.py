@@ -1,0 +1,110 @@
+"""A request to answer and the job that tracks it: queued → running → done, readable from any thread."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from vlassist.conversation import GenerationOptions, Stats, Turn
+
+JobState = Literal["queued", "running", "done"]
+# How a finished job ended; "stopped" covers a cancel while queued as well as mid-answer.
+Outcome = Literal["complete", "stopped", "failed"]
+
+
+class AnswerSink(Protocol):
+    """Where a job's text goes while it streams and when it ends (the history store, for the page)."""
+
+    def progress(self, text: str) -> None:
+        """The answer so far; called often, the sink decides how often to write."""
+
+    def finish(self, text: str, outcome: Outcome, stats: Stats) -> None:
+        """The answer ended: store it for good."""
+
+
+@dataclass
+class Request:
+    """What to answer: the turns (or a function that builds them when the job starts) and how."""
+
+    turns: Sequence[Turn] | Callable[[], Sequence[Turn]]
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    sink: AnswerSink | None = None
+    conversation_id: int | None = None  # lets a deleted conversation cancel its jobs
+    message_id: int | None = None  # the stored answer this job fills in, if any
+
+    def build_turns(self) -> Sequence[Turn]:
+        """The turns to answer; built late so an answer queued behind another sees that one complete."""
+        return self.turns() if callable(self.turns) else self.turns
+
+
+_ids = itertools.count(1)
+
+
+class Job:
+    """One request's progress: its text so far, state, outcome and stats; wait on it or iterate its chunks."""
+
+    def __init__(self, request: Request):
+        self.id = f"job-{next(_ids)}"
+        self.request = request
+        self.state: JobState = "queued"
+        self.outcome: Outcome | None = None
+        self.text = ""
+        self.stats = Stats()
+        self.error: str | None = None
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.cancel_event = threading.Event()
+        self._changed = threading.Condition()
+
+    @property
+    def done(self) -> bool:
+        """True once the job has ended, however."""
+        return self.state == "done"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone asked to stop this job."""
+        return self.cancel_event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends (or `timeout` passes); True if it ended."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.done, timeout)
+
+    def chunks(self, poll_s: float = 0.5) -> Iterator[str]:
+        """The answer's text as it grows, from any thread, until the job ends."""
+        sent = 0
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda sent=sent: len(self.text) > sent or self.done, poll_s)
+                text, done = self.text, self.done
+            if len(text) > sent:
+                yield text[sent:]
+                sent = len(text)
+            if done:
+                return
+
+    # ---- written by the service's worker thread only ----
+
+    def _start(self) -> None:
+        with self._changed:
+            self.state, self.started = "running", time.monotonic()
+            self._changed.notify_all()
+
+    def _append(self, chunk: str) -> None:
+        with self._changed:
+            self.text += chunk
+            self._changed.notify_all()
+
+    def _end(self, outcome: Outcome, stats: Stats | None = None, error: str | None = None) -> None:
+        with self._changed:
+            self.outcome, self.error, self.finished = outcome, error, time.monotonic()
+            if stats is not None:
+                self.stats = stats
+            self.state = "done"
+            self._changed.notify_all()
