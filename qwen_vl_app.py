@@ -12,12 +12,9 @@ settings = resources.settings_or_stop()
 owner = resources.owner_or_stop(settings)
 store = resources.history(settings).for_owner(owner)
 engine = resources.engine_or_stop(settings)
-service = resources.service(engine)
+service = resources.service(engine, settings)
 
-conversation_id = st.session_state.get(chat.CONVERSATION_KEY)
-conversation = store.get_conversation(conversation_id) if conversation_id is not None else None
-if conversation is None:
-    st.session_state[chat.CONVERSATION_KEY] = None  # deleted elsewhere, or never started
+conversation = chat.open_conversation(store)
 
 with st.sidebar:
     st.title("vlassist")
@@ -30,13 +27,13 @@ st.subheader(conversation.title if conversation else "New conversation")
 chat.show_flash()
 messages = st.container()
 with messages:
-    zoom = chat.render_conversation(conversation, store, engine, options)
+    zoom = chat.render_conversation(conversation, store, engine, options, service)
 tasks.render_presets(engine.info.family)
 tasks.render_task_options(engine.info.family)
 chat.restore_pending_text()
 chat.show_held_images()
 submission = chat.chat_input()
 if zoom:
-    chat.ask_zoom(zoom, engine, store, options, messages)
+    chat.ask_zoom(zoom, engine, service, store, options)
 elif submission:
-    chat.ask(submission, engine, store, options, messages)
+    chat.ask(submission, engine, service, store, options)

@@ -121,12 +121,41 @@ def start_app():
     return at
 
 
+def running_answers(data_dir: Path) -> int:
+    """How many stored answers (any owner) the answer service is still writing."""
+    import sqlite3
+
+    from vlassist.store.history import DB_NAME
+
+    with sqlite3.connect(data_dir / DB_NAME) as db:
+        return db.execute("SELECT count(*) FROM messages WHERE status = 'running'").fetchone()[0]
+
+
+def finish_answers(at, timeout: float = 120):
+    """Wait until the answer service has written every answer, then run the page again to show them stored."""
+    import os
+    import time
+
+    from vlassist.store.history import DB_NAME
+
+    data_dir = Path(os.environ["VLASSIST_DATA_DIR"])
+    if not (data_dir / DB_NAME).exists() or not running_answers(data_dir):
+        return at  # nothing was queued (a refusal): keep the page as the send left it
+    deadline = time.monotonic() + timeout
+    while running_answers(data_dir):
+        assert time.monotonic() < deadline, "an answer is still running"
+        time.sleep(0.05)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def ask_app(at, question: str, *files: tuple[str, bytes, str], length: int = 128):
-    """Type a question (with attached files) into the app's chat box under an answer-length limit, and send it."""
+    """Send a question (with attached files) under an answer-length limit and wait until its answer is stored."""
     at.select_slider(key="opt_max_new_tokens").set_value(length)
     box = at.chat_input(key="chat_input").set_value(question)
     for name, data, mime in files:
         box.upload(name, data, mime)
     at.run()
     assert not at.exception, at.exception
-    return at
+    return finish_answers(at)

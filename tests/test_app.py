@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from conftest import ask_app, image_bytes, start_app, stored, use_app_env
 from sqlalchemy import text
 
 from vlassist.answers.prompts import preset_prompt
-from vlassist.conversation import GenerationOptions, Turn
-from vlassist.errors import VlassistError
-from vlassist.images import load_image
-from vlassist.service.recording import AnswerRecorder
-from vlassist.store.history import History, NewImage
+from vlassist.store.history import History
 
 SHORT = 48  # answer length for tests: enough to stream several chunks, quick on a CPU
 
@@ -138,83 +132,3 @@ def test_missing_model_shows_how_to_get_one(app_env, monkeypatch, tmp_path):
     at = start_app()
     assert any("fetch_model.py" in i.value for i in at.info)
     assert len(at.chat_input) == 0
-
-
-# ---- recording an answer however it ends (no Streamlit needed) ----
-
-@pytest.fixture
-def store(tmp_path):
-    """One owner's store with a conversation holding a question about an image."""
-    history = History.open(tmp_path)
-    owner = history.for_owner("local")
-    conversation = owner.create_conversation("t")
-    data = image_bytes()
-    owner.add_user_message(conversation, "Describe", [NewImage(data, load_image(data), "a.png")])
-    yield owner, conversation, load_image(data)
-    history.close()
-
-
-def test_abandoned_stream_is_stored_as_interrupted_with_partial_text(engine25, store):
-    """When the page stops reading mid-answer, the partial text is stored as interrupted and the GPU freed."""
-    owner, conversation, image = store
-    options = GenerationOptions(max_new_tokens=400, min_new_tokens=400)
-    reply = engine25.stream([Turn("user", "Describe", [image])], options)
-    recorder = AnswerRecorder(reply, owner, conversation, options=options, model_family="qwen2_5_vl")
-    with pytest.raises(KeyboardInterrupt):
-        try:
-            for i, _ in enumerate(recorder.chunks()):
-                if i == 3:
-                    raise KeyboardInterrupt  # what a Stop or a rerun does to the page's script
-        finally:
-            recorder.finish()
-    answer = owner.get_conversation(conversation).messages[-1]
-    assert answer.status == "interrupted" and answer.text
-    assert 0 < answer.stats.new_tokens < 400 and answer.stats.stop_reason == "stopped"
-    assert answer.model_family == "qwen2_5_vl"
-    assert not engine25.busy
-
-
-def test_engine_error_is_stored_with_status_error(engine25, store):
-    """An answer that fails is stored with status error and the reason."""
-    owner, conversation, _ = store
-    reply = engine25.stream([Turn("user", "")], GenerationOptions(max_new_tokens=8))
-    recorder = AnswerRecorder(reply, owner, conversation, options=GenerationOptions(max_new_tokens=8))
-    with pytest.raises(VlassistError):
-        try:
-            list(recorder.chunks())
-        finally:
-            recorder.finish()
-    answer = owner.get_conversation(conversation).messages[-1]
-    assert answer.status == "error" and answer.stats.error and answer.stats.stop_reason == "error"
-
-
-def test_answer_is_stored_once(engine25, store):
-    """Calling finish again does not store a second copy of the answer."""
-    owner, conversation, image = store
-    options = GenerationOptions(max_new_tokens=8)
-    recorder = AnswerRecorder(engine25.stream([Turn("user", "Hi", [image])], options), owner, conversation,
-                              options=options)
-    list(recorder.chunks())
-    first = recorder.finish()
-    assert recorder.finish() == first
-    assert [m.role for m in owner.get_conversation(conversation).messages] == ["user", "assistant"]
-    assert owner.get_conversation(conversation).messages[-1].status == "complete"
-
-
-def test_queued_caller_is_told_and_answered_after(engine25, store):
-    """A second caller while the engine is busy gets the queued callback, then its own complete answer."""
-    owner, conversation, image = store
-    long = GenerationOptions(max_new_tokens=200, min_new_tokens=200)
-    first = engine25.stream([Turn("user", "One", [image])], long)
-    chunks = iter(first)
-    next(chunks)  # the first caller now holds the engine
-    queued = threading.Event()
-    second = engine25.stream([Turn("user", "Two")], GenerationOptions(max_new_tokens=8), on_queued=queued.set)
-    recorder = AnswerRecorder(second, owner, conversation, options=GenerationOptions(max_new_tokens=8))
-    worker = threading.Thread(target=lambda: (list(recorder.chunks()), recorder.finish()))
-    worker.start()
-    assert queued.wait(30)
-    list(chunks)
-    worker.join(60)
-    assert owner.get_conversation(conversation).messages[-1].status == "complete"
-    assert first.stats.stop_reason == "length" and second.stats.queued_s > 0

@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from conftest import ask_app, image_bytes, start_app, stored, use_app_env
+from conftest import ask_app, finish_answers, image_bytes, start_app, stored, use_app_env
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -209,6 +209,7 @@ def test_zoom_in_asks_a_follow_up_with_the_full_resolution_crop(app_env):
     at.select_slider(key="opt_max_new_tokens").set_value(128)
     at.button(key=f"msg{answer}-zoom").click().run()
     assert not at.exception, at.exception
+    finish_answers(at)
     [stored_conversation] = stored(app_env)
     assert [m.role for m in stored_conversation.messages] == ["user", "assistant", "user", "assistant"]
     question, reply = stored_conversation.messages[2:]

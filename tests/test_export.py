@@ -88,3 +88,24 @@ def test_failed_answer_gives_its_reason_in_markdown(tmp_path):
     md = export.to_markdown(store.get_conversation(conversation))
     history.close()
     assert "## Assistant (error)" in md and "> Error: out of memory" in md
+
+
+def test_markdown_export_escapes_html_in_answers_titles_and_file_names():
+    """HTML and <script> in titles, answers and image names are escaped in Markdown; JSON keeps the text as is."""
+    import json
+
+    from vlassist.images import Sizing
+    from vlassist.store.export import to_json, to_markdown
+    from vlassist.store.records import ImageRef, StoredConversation, StoredMessage
+
+    evil = "<script>alert(1)</script>"
+    ref = ImageRef(sha256="a" * 64, name=f"{evil}.png", format="PNG", width=8, height=8, nbytes=10,
+                   sizing=Sizing((8, 8), (28, 28), 1))
+    conv = StoredConversation(id=1, owner="local", title=f"t {evil}", created_at=0.0, updated_at=0.0, messages=[
+        StoredMessage(id=1, role="user", text=f"q {evil}", status="complete", created_at=0.0, images=[ref]),
+        StoredMessage(id=2, role="assistant", text=f"<img src=x onerror=alert(1)> {evil}", status="complete",
+                      created_at=0.0)])
+    md = to_markdown(conv)
+    assert "<script>" not in md and "<img" not in md and "&lt;script&gt;" in md
+    data = json.loads(to_json(conv))
+    assert data["title"] == f"t {evil}" and data["messages"][1]["text"].startswith("<img src=x")

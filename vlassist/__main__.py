@@ -1,4 +1,4 @@
-"""Command line: `python -m vlassist ask IMAGE... --prompt TEXT` and `python -m vlassist info`."""
+"""Command line: `python -m vlassist ask IMAGE... --prompt TEXT`, `python -m vlassist info` and `serve`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import argparse
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from vlassist.config import load_settings
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
+from vlassist.service.answering import AnswerService
+from vlassist.service.jobs import Job, Request
+from vlassist.service.limits import default_admission
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json-stats", action="store_true", help="print each answer's stats as a JSON line on stderr")
     info = sub.add_parser("info", help="load the model and print family, device, attention and memory")
     info.add_argument("--model", type=Path)
+    serve = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", type=Path)
     return ap
 
 
@@ -98,49 +104,68 @@ def cmd_ask(args) -> int:
         settings = settings.with_(model_dir=args.model)
     options = _options(args, settings)
     schema_text = _schema_text(args)
-    images = _read_images(args.images)  # bad images fail before the model is loaded
-    from vlassist.engine import load_engine
+    from vlassist.service.limits import check_question
 
-    engine = load_engine(settings)
-    if schema_text is not None:
-        return _ask_json(engine, images, _prompts(args, engine.info.family, schema_text), options, schema_text,
-                         args.json_stats)
-    args.prompt = _prompts(args, engine.info.family, None)
+    for prompt in args.prompt or []:
+        check_question(prompt, settings.max_question_chars)  # before anything is loaded
+    images = _read_images(args.images)  # bad images fail before the model is loaded
+    from vlassist.backends import load_answerer
+
+    engine = load_answerer(settings)
+    # The same answer service as the page and the API: admission checks, then one job per question.
+    service = AnswerService(engine, admission=default_admission(engine, settings))
+    try:
+        if schema_text is not None:
+            prompts = _prompts(args, engine.info.family, schema_text)
+            return _ask_json(service, images, prompts, options, schema_text, args.json_stats)
+        return _ask_stream(service, images, _prompts(args, engine.info.family, None), options, args.json_stats)
+    finally:
+        service.close()
+
+
+def _answer(service: AnswerService, turns: list[Turn], options, on_chunk=None) -> Job:
+    """Run one question through the service; Ctrl+C stops it (the text so far is kept); failures raise."""
+    job = service.submit(Request(list(turns), options))
+    signal.signal(signal.SIGINT, lambda *_: service.cancel(job.id))
+    for chunk in job.chunks():
+        if on_chunk:
+            on_chunk(chunk)
+    if job.outcome == "failed":
+        raise VlassistError(job.error or "the answer failed")
+    return job
+
+
+def _ask_stream(service: AnswerService, images, prompts: list[str], options, json_stats: bool) -> int:
+    """Stream answers to each prompt, as one conversation about the images."""
     turns: list[Turn] = []
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl+C ends the answer, keeps what was said
-    for i, prompt in enumerate(args.prompt):
+    for i, prompt in enumerate(prompts):
         turns.append(Turn("user", prompt, images if i == 0 else []))
-        reply = engine.stream(turns, options, stop=stop)
-        for chunk in reply:
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+        job = _answer(service, turns, options, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
         sys.stdout.write("\n")
         sys.stdout.flush()
-        if args.json_stats:
-            print(json.dumps(reply.stats.to_dict()), file=sys.stderr, flush=True)
-        turns.append(Turn("assistant", reply.text))
-        if stop.is_set():
+        if json_stats:
+            print(json.dumps(job.stats.to_dict()), file=sys.stderr, flush=True)
+        turns.append(Turn("assistant", job.text))
+        if job.outcome == "stopped":
             break
     return 0
 
 
-def _ask_json(engine, images, prompts, options, schema_text: str, json_stats: bool) -> int:
+def _ask_json(service: AnswerService, images, prompts, options, schema_text: str, json_stats: bool) -> int:
     """Answer under the schema and print the one JSON document, or fail with a clear reason."""
     from dataclasses import replace
 
     from vlassist.answers.parsing import extract_json
 
-    reply = engine.stream([Turn("user", prompts[0], images)], replace(options, json_schema=schema_text))
-    text = reply.consume()
+    job = _answer(service, [Turn("user", prompts[0], images)], replace(options, json_schema=schema_text))
     if json_stats:
-        print(json.dumps(reply.stats.to_dict()), file=sys.stderr, flush=True)
-    result = extract_json(text, schema_text)
-    if reply.stats.stop_reason == "length":
+        print(json.dumps(job.stats.to_dict()), file=sys.stderr, flush=True)
+    result = extract_json(job.text, schema_text)
+    if job.stats.stop_reason == "length":
         raise VlassistError(f"the answer was cut by the length limit ({options.max_new_tokens} tokens) before "
                             "the JSON was complete; raise --max-new-tokens")
-    if reply.stats.stop_reason != "eos" or result is None or not result.valid:
-        why = reply.stats.error or reply.stats.stop_reason
+    if job.stats.stop_reason != "eos" or result is None or not result.valid:
+        why = job.stats.error or job.stats.stop_reason
         raise VlassistError(f"no valid JSON document came back ({why})")
     print(result.text)  # the model's own text: valid JSON, numbers exactly as written
     return 0
@@ -151,9 +176,9 @@ def cmd_info(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
-    from vlassist.engine import load_engine
+    from vlassist.backends import load_answerer
 
-    engine = load_engine(settings)
+    engine = load_answerer(settings)
     info = engine.info
     print(f"model:      {info.model_dir}")
     print(f"family:     {info.family}")
@@ -167,11 +192,21 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Serve the model over HTTP until interrupted."""
+    settings = load_settings()
+    if args.model:
+        settings = settings.with_(model_dir=args.model)
+    from vlassist.api.server import serve
+
+    return serve(settings, args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected errors print one line on stderr and exit 2."""
     args = _parser().parse_args(argv)
     try:
-        return {"ask": cmd_ask, "info": cmd_info}[args.command](args)
+        return {"ask": cmd_ask, "info": cmd_info, "serve": cmd_serve}[args.command](args)
     except VlassistError as exc:
         print(f"vlassist: error: {exc}", file=sys.stderr)
         return 2

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vlassist.conversation import GenerationOptions
 from vlassist.errors import ConfigError
+from vlassist.families import FAMILIES
 
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
@@ -33,6 +34,14 @@ class Settings:
     kv_cache_gb: float = 2.0
     compile: str = "auto"
     decode_context: int = 8192
+    max_prompt_tokens: int = 16384  # prompt cap on top of the model's context (README: what fits a 24 GB card)
+    max_question_chars: int = 20000
+    min_answer_tokens: int = 0  # every answer at least this long (benchmarks and tests that must interrupt one)
+    api_key: str | None = field(default=None, repr=False)  # bearer key `vlassist serve` asks for; None: none
+    backend_url: str | None = None  # an OpenAI-compatible server to answer with instead of a local model
+    backend_key: str | None = field(default=None, repr=False)  # kept out of logs and tracebacks
+    backend_model: str | None = None  # the server's model name; None: the first one it lists
+    backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
 
     def with_(self, **changes) -> Settings:
         """Return a copy with some fields changed (e.g. a --model option)."""
@@ -65,6 +74,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     header = env.get("VLASSIST_USER_HEADER", "").strip() or None
     if header is not None and not all(c.isalnum() or c in "-_" for c in header):
         raise ConfigError(f"VLASSIST_USER_HEADER={header!r} is not a valid HTTP header name")
+    backend_url = env.get("VLASSIST_BACKEND_URL", "").strip().rstrip("/") or None
+    if backend_url is not None and not backend_url.startswith(("http://", "https://")):
+        raise ConfigError(f"VLASSIST_BACKEND_URL={backend_url!r} must start with http:// or https://")
+    backend_family = env.get("VLASSIST_BACKEND_FAMILY", "").strip() or None
+    if backend_family is not None and backend_family not in FAMILIES:
+        raise ConfigError(f"VLASSIST_BACKEND_FAMILY={backend_family!r} is not valid: use one of {', '.join(FAMILIES)}")
     return Settings(
         model_dir=Path(env.get("VLASSIST_MODEL_DIR", "").strip() or DEFAULT_MODEL_DIR).expanduser(),
         data_dir=Path(env.get("VLASSIST_DATA_DIR", "").strip() or "data").expanduser(),
@@ -78,4 +93,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kv_cache_gb=_number(env, "VLASSIST_KV_CACHE_GB", float, 2.0, 0, 1024),
         compile=_choice(env, "VLASSIST_COMPILE", COMPILE, "auto"),
         decode_context=_number(env, "VLASSIST_DECODE_CONTEXT", int, 8192, 256, 262144),
+        max_prompt_tokens=_number(env, "VLASSIST_MAX_PROMPT_TOKENS", int, 16384, 256, 1_048_576),
+        max_question_chars=_number(env, "VLASSIST_MAX_QUESTION_CHARS", int, 20000, 1, 10_000_000),
+        min_answer_tokens=_number(env, "VLASSIST_MIN_ANSWER_TOKENS", int, 0, 0, 1_000_000),
+        api_key=env.get("VLASSIST_API_KEY", "").strip() or None,
+        backend_url=backend_url,
+        backend_key=env.get("VLASSIST_BACKEND_KEY", "").strip() or None,
+        backend_model=env.get("VLASSIST_BACKEND_MODEL", "").strip() or None,
+        backend_family=backend_family,
     )

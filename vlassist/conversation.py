@@ -127,6 +127,15 @@ class Answerer(Protocol):
         """The model-input size and visual tokens an image will get under `options`."""
         ...
 
+    def count_prompt_tokens(self, turns: Sequence[Turn], options: GenerationOptions = ...) -> int:
+        """Tokens (text and visual) the prompt for `turns` takes, without running the model."""
+        ...
+
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens (prompt and answer together) the model can attend to."""
+        ...
+
     def stream(self, turns: Sequence[Turn], options: GenerationOptions = ..., stop: threading.Event | None = None,
                on_queued: Callable[[], None] | None = None) -> Reply:
         """Answer the last user turn of `turns`: text chunks, then stats."""

@@ -15,3 +15,7 @@ class ImageError(VlassistError):
 
 class ModelNotFoundError(VlassistError):
     """The model folder is missing, incomplete or not a supported checkpoint."""
+
+
+class StorageError(VlassistError):
+    """The history folder cannot be read or written (read-only, full, damaged or busy)."""

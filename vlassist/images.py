@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -13,7 +14,15 @@ from vlassist.errors import ImageError
 
 # Decoders we allow, by Pillow format name (the JPEG decoder also opens phones' MPO files).
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
-MAX_PIXELS = 100_000_000  # larger is treated as a decompression bomb
+MAX_PIXELS = 50_000_000  # a 50 MP JPEG decodes in about a second; larger is refused before decoding
+MAX_HIGH_DEPTH_PIXELS = 2_000_000  # 16-bit/float images are decoded and rescaled in float64 (~30 bytes/px)
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# A real JPEG of any content spends some bits on every 8×8 block (a flat one ~60 px/byte); a header claiming far
+# more pixels than that is edited or damaged, and decoding it runs the slow error-recovery path.
+MAX_PIXELS_PER_BYTE = {"JPEG": 1000}
+DECODE_SLOTS = 2  # images decoded at once per process
+DECODE_WAIT_S = 60.0
+_DECODE_SLOTS = threading.BoundedSemaphore(DECODE_SLOTS)
 MIN_SIDE = 8  # pixels
 MAX_ASPECT = 200  # the Qwen processors refuse anything more elongated
 
@@ -47,33 +56,58 @@ def load_image(data: bytes, name: str | None = None) -> LoadedImage:
     label = f"{name}: " if name else ""
     if not data:
         raise ImageError(f"{label}the file is empty")
-    buf = io.BytesIO(data)
+    # Simultaneous uploads must not add up: each decode may take ~1 s and a few hundred MiB.
+    if not _DECODE_SLOTS.acquire(timeout=DECODE_WAIT_S):
+        raise ImageError(f"{label}the server is busy decoding other images; try again in a moment")
+    try:
+        img, fmt = _decode(data, label)
+    finally:
+        _DECODE_SLOTS.release()
+    return LoadedImage(img, fmt, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _decode(data: bytes, label: str) -> tuple[Image.Image, str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.init()  # register every plugin so the allow-list can name them
-            img = Image.open(buf, formats=ALLOWED_FORMATS)
-            fmt = img.format or "?"
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"{label}{width}×{height} px is over the {MAX_PIXELS // 1_000_000} MP limit")
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            fmt = "JPEG" if img.format == "MPO" else img.format or "?"
+            check_header(img.size, img.mode, fmt, len(data), label)  # before any pixel is decoded
             img.seek(0)  # animated GIF/WEBP: the first frame
             img.load()
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # a broken EXIF block must not cost the user their image
+                pass
+            return to_rgb(img), fmt
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{label}the image is too large (over the {MAX_PIXELS // 1_000_000} MP limit)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}not a supported image (allowed: PNG, JPEG, WEBP, BMP, TIFF, GIF)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"{label}the image is damaged or truncated ({exc})") from None
-    fmt = "JPEG" if fmt == "MPO" else fmt
-    check_shape(img.size, label)
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not cost the user their image
-        pass
-    return LoadedImage(to_rgb(img), fmt, hashlib.sha256(data).hexdigest(), len(data))
+    except MemoryError:
+        raise ImageError(f"{label}the image needs more memory to decode than is available") from None
+    except Exception as exc:  # noqa: BLE001  Pillow's decoders raise TypeError, struct.error, zlib.error, ...
+        raise ImageError(f"{label}the image is damaged or truncated ({type(exc).__name__}: {exc})"[:300]) from None
+
+
+def check_header(size: tuple[int, int], mode: str, fmt: str, nbytes: int, label: str = "") -> None:
+    """Refuse, from the header alone, what would take more than ~2 s or ~1 GiB to decode on two cores."""
+    width, height = size
+    pixels = width * height
+    if pixels > MAX_PIXELS:
+        raise ImageError(f"{label}{width}×{height} px is over the {MAX_PIXELS // 1_000_000} MP limit; "
+                         "save it at a lower resolution")
+    check_shape(size, label)
+    if mode in HIGH_DEPTH_MODES and pixels > MAX_HIGH_DEPTH_PIXELS:
+        raise ImageError(f"{label}{width}×{height} px at 16 or 32 bits per sample ({mode}) is over the "
+                         f"{MAX_HIGH_DEPTH_PIXELS // 1_000_000} MP limit for such images; save it as 8-bit")
+    limit = MAX_PIXELS_PER_BYTE.get(fmt)
+    if limit and pixels > 1_000_000 and pixels > limit * nbytes:
+        raise ImageError(f"{label}the header claims {width}×{height} px for a {nbytes:,}-byte file: "
+                         "the file is damaged or not a real photo")
 
 
 def check_shape(size: tuple[int, int], label: str = "") -> None:

@@ -13,7 +13,7 @@ from vlassist import offline  # noqa: F401  (sets the offline switches before tr
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
 from vlassist.engine import generate
-from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt
+from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, render_chat
 from vlassist.engine.fastdecode import build_decoder
 from vlassist.engine.kvcache import PrefixStore
 from vlassist.engine.loader import ModelInfo, load
@@ -58,6 +58,23 @@ class Engine:
         """The model-input size and visual tokens this image will get under `options`."""
         size = image.size if isinstance(image, LoadedImage) else image
         return plan_size(size, self.info.factor, options.max_image_tokens, self.info.min_pixels, options.low_res)
+
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens (prompt and answer together) the model can attend to: max_position_embeddings."""
+        return int(self.model.config.get_text_config().max_position_embeddings)
+
+    def count_prompt_tokens(self, turns: Sequence[Turn], options: GenerationOptions = GenerationOptions()) -> int:
+        """Tokens the prompt for `turns` takes: the rendered template's text plus each image's visual tokens.
+
+        Nothing is resized or run through the vision tower: an image's tokens come from its planned size.
+        """
+        check_turns(turns)
+        visual = [self.plan(image, options).visual_tokens for image in conversation_images(turns)]
+        text = render_chat(self.processor, turns)
+        # Each image stands as one placeholder token in the text; the processor expands it to its visual tokens.
+        count = len(self.processor.tokenizer([text])["input_ids"][0])  # as encode_prompt tokenizes
+        return count - len(visual) + sum(visual)
 
     def memory(self) -> dict:
         """Device memory in use, in GiB."""

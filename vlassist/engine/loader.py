@@ -16,6 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
+from vlassist.engine import attention
 from vlassist.engine.vision_attention import use_varlen
 from vlassist.errors import ConfigError
 from vlassist.families import Family
@@ -112,6 +113,8 @@ def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str
             failure = f"flash_attention_2 failed to load ({str(exc).strip().splitlines()[0][:160]})"
             log.warning("falling back: %s", failure)
             continue
+        if attn == "sdpa":
+            attention.install(model)  # no dense (new × all tokens) mask after a reused prefix
         return model, attn, (f"{failure}; using PyTorch SDPA" if failure else reason)
     raise RuntimeError("no attention implementation could be loaded")
 

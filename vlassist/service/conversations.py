@@ -13,7 +13,7 @@ from vlassist.errors import ImageError
 from vlassist.images import LoadedImage, load_image
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job, Outcome, Request
-from vlassist.store.history import NewImage, OwnerStore, StoredConversation
+from vlassist.store.history import NewImage, OwnerStore, StoredConversation, make_title
 
 PERSIST_EVERY_S = 1.0  # a crash loses at most about this much of a streaming answer…
 PERSIST_EVERY_CHUNKS = 24  # …or this many chunks (about one token each), whichever comes first
@@ -64,10 +64,9 @@ def build_turns(conversation: StoredConversation, store: OwnerStore, upto: int |
 class StoreSink:
     """Writes a streaming answer into its stored message about once a second, and for good when it ends."""
 
-    def __init__(self, store: OwnerStore, message_id: int, model: dict | None = None):
+    def __init__(self, store: OwnerStore, message_id: int):
         self.store = store
         self.message_id = message_id
-        self.model = model or {}
         self._written_at = time.monotonic()
         self._chunks = 0
 
@@ -83,30 +82,34 @@ class StoreSink:
         self.store.update_answer(self.message_id, text, status=STATUS[outcome], stats=stats)
 
 
-def ask(service: AnswerService, store: OwnerStore, conversation_id: int, text: str,
+def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, text: str,
         images: Sequence[NewImage] = (), options: GenerationOptions = GenerationOptions(),
-        preset: str | None = None, model: dict | None = None) -> Job:
+        preset: str | None = None, *, model_family: str | None = None, model: str | None = None) -> Job:
     """Store the question and an empty answer after it, and queue the job that fills the answer in.
 
-    Both are stored before anything runs, so the history alternates question/answer whatever happens next:
-    a crash leaves a running answer that the next start marks interrupted, a cancel leaves it stopped.
+    With no conversation id a new conversation is started, titled after the question. Admission runs first,
+    so a refused question stores nothing. Question and answer are stored before anything runs, so the history
+    alternates question/answer whatever happens next: a crash leaves a running answer that the next start marks
+    interrupted, a cancel leaves it stopped.
     """
     for new in images:
         remember_decoded(new.loaded)
-    conversation = store.get_conversation(conversation_id)
+    conversation = store.get_conversation(conversation_id) if conversation_id is not None else None
     so_far = build_turns(conversation, store) if conversation is not None else []
-    # Refused before anything is stored: the page gives the question back with the reason.
     service.admit(Request(so_far + [Turn("user", text, [new.loaded for new in images])], options))
+    if conversation is None:
+        conversation_id = store.create_conversation(make_title(text))
     question_id = store.add_user_message(conversation_id, text, images)
-    answer_id = store.start_answer(conversation_id, preset=preset, options=options)
+    answer_id = store.start_answer(conversation_id, preset=preset, options=options, model_family=model_family,
+                                   model=model)
 
     def turns() -> list[Turn]:
-        conversation = store.get_conversation(conversation_id)
-        if conversation is None:
+        current = store.get_conversation(conversation_id)
+        if current is None:
             return []  # deleted while queued; the engine refuses an empty conversation
-        return build_turns(conversation, store, upto=question_id)
+        return build_turns(current, store, upto=question_id)
 
-    request = Request(turns, options, StoreSink(store, answer_id, model), conversation_id, answer_id)
+    request = Request(turns, options, StoreSink(store, answer_id), conversation_id, answer_id)
     try:
         return service.submit(request, admitted=True)
     except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -32,23 +33,28 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _safe(text: str) -> str:
+    # Markdown viewers render inline HTML: answers, titles and file names must show as text, never run.
+    return html.escape(text, quote=False)
+
+
 def to_markdown(conversation: StoredConversation, image_link: Callable[[ImageRef], str] | None = None) -> str:
     """The conversation as Markdown; each image is linked through `image_link` (default: images/<file>)."""
     link = image_link or (lambda ref: f"images/{image_filename(ref)}")
-    lines = [f"# {conversation.title}", "", f"*Started {_when(conversation.created_at)}*", ""]
+    lines = [f"# {_safe(conversation.title)}", "", f"*Started {_when(conversation.created_at)}*", ""]
     for message in conversation.messages:
         heading = "You" if message.role == "user" else "Assistant"
         if message.role == "assistant" and message.status != "complete":
             heading += f" ({message.status})"
         lines += [f"## {heading}", ""]
         for ref in message.images:
-            lines.append(f"![{ref.name}]({link(ref)})  ")
-            lines.append(f"*{ref.name}: {ref.width}×{ref.height} {ref.format}*")
+            lines.append(f"![{_safe(ref.name)}]({link(ref)})  ")
+            lines.append(f"*{_safe(ref.name)}: {ref.width}×{ref.height} {ref.format}*")
             lines.append("")
         if message.text:
-            lines += [message.text, ""]
+            lines += [_safe(message.text), ""]
         if message.status == "error" and message.stats and message.stats.error:
-            lines += [f"> Error: {message.stats.error}", ""]
+            lines += [f"> Error: {_safe(message.stats.error)}", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

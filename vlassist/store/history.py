@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from vlassist.conversation import GenerationOptions, Stats
 from vlassist.images import Sizing
+from vlassist.store.faults import FAULTS, LOCK_RETRIES, backoff, guarded, is_busy, is_read_only, storage_error
 from vlassist.store.records import (
     FINAL_STATUSES,
     STATUSES,
@@ -25,11 +26,13 @@ from vlassist.store.records import (
 )
 from vlassist.store.schema import (
     MIGRATIONS,
+    READS,
     SCHEMA_VERSION,
     Conversation,
     Image,
     Message,
     MessageImage,
+    empty_engine,
     match_sizes,
     migrate,
     open_engine,
@@ -78,21 +81,62 @@ def _like(term: str) -> str:
 class History:
     """The history database; `for_owner()` gives the store every page uses."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, folder: Path | None = None, read_only: bool = False):
         self.engine = engine
-        migrate(engine)
+        self.folder = folder
+        self.read_only = read_only  # True: history is readable, every write raises StorageError
+        # A current database needs no write lock to open: many processes start at once without queueing here.
+        if not read_only and schema_version(engine) < SCHEMA_VERSION:
+            migrate(engine)
 
     @classmethod
     def open(cls, data_dir: Path | str) -> History:
-        """Open (creating if needed) the history database under `data_dir`."""
+        """Open (creating if needed) the history under `data_dir`; read-only if the folder cannot be written.
+
+        Any other storage fault raises StorageError naming the folder.
+        """
         folder = Path(data_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        return cls(open_engine(folder / DB_NAME))
+        for attempt in range(LOCK_RETRIES + 1):
+            engine = None
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                engine = open_engine(folder / DB_NAME)
+                return cls(engine, folder)
+            except FAULTS as exc:
+                if engine is not None:
+                    engine.dispose()
+                if is_read_only(exc):
+                    return cls._open_read_only(folder)
+                if not is_busy(exc) or attempt == LOCK_RETRIES:
+                    raise storage_error(exc, folder) from exc
+                backoff(attempt)
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_read_only(cls, folder: Path) -> History:
+        path = folder / DB_NAME
+        try:
+            if not path.exists():
+                return cls(empty_engine(), folder, read_only=True)  # nothing stored yet: an empty history
+            for immutable in (False, True):
+                engine = open_engine(path, read_only=True, immutable=immutable)
+                try:
+                    with engine.connect() as conn:
+                        conn.exec_driver_sql("SELECT count(*) FROM conversations").scalar()
+                    return cls(engine, folder, read_only=True)
+                except FAULTS:
+                    engine.dispose()
+                    if immutable:
+                        raise
+        except FAULTS as exc:
+            raise storage_error(exc, folder) from exc
+        raise AssertionError("unreachable")
 
     def for_owner(self, owner: str) -> OwnerStore:
         """The store of one owner's conversations."""
-        return OwnerStore(self.engine, owner)
+        return OwnerStore(self.engine, owner, self.folder, self.read_only)
 
+    @guarded(write=True)
     def mark_running_interrupted(self) -> int:
         """Mark every answer still "running" as "interrupted", keeping its text; return how many.
 
@@ -111,11 +155,14 @@ class History:
 class OwnerStore:
     """One owner's conversations. Every query here is filtered by that owner."""
 
-    def __init__(self, engine: Engine, owner: str):
+    def __init__(self, engine: Engine, owner: str, folder: Path | None = None, read_only: bool = False):
         if not owner:
             raise ValueError("an owner is required")
         self.engine = engine
         self.owner = owner
+        self.folder = folder  # named in storage error messages
+        self.read_only = read_only
+        self._reads = engine.execution_options(**{READS: True})  # sessions that only read: no write lock
 
     def _owned(self, session: Session, conversation_id: int) -> Conversation | None:
         return session.scalars(select(Conversation).where(
@@ -123,6 +170,7 @@ class OwnerStore:
 
     # ---- conversations ----
 
+    @guarded(write=True)
     def create_conversation(self, title: str) -> int:
         """Start a conversation and return its id."""
         now = time.time()
@@ -132,6 +180,7 @@ class OwnerStore:
             session.flush()
             return row.id
 
+    @guarded
     def list_conversations(self, search: str = "", limit: int = 200) -> list[ConversationSummary]:
         """Conversations newest first; with `search`, only those whose title or any message contains it."""
         query = select(Conversation).where(Conversation.owner == self.owner)
@@ -142,12 +191,13 @@ class OwnerStore:
                                          Message.text.ilike(pattern, escape="\\"))
             query = query.where(or_(Conversation.title.ilike(pattern, escape="\\"), in_messages))
         query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)
-        with Session(self.engine) as session:
+        with Session(self._reads) as session:
             return [ConversationSummary(c.id, c.title, c.created_at, c.updated_at) for c in session.scalars(query)]
 
+    @guarded
     def get_conversation(self, conversation_id: int) -> StoredConversation | None:
         """A conversation with its messages and image references, or None if this owner has no such one."""
-        with Session(self.engine) as session:
+        with Session(self._reads) as session:
             conv = self._owned(session, conversation_id)
             if conv is None:
                 return None
@@ -169,6 +219,7 @@ class OwnerStore:
                               m.model_family, m.model)
                 for m in messages])
 
+    @guarded(write=True)
     def rename(self, conversation_id: int, title: str) -> bool:
         """Give a conversation a new title; False if this owner has no such conversation."""
         title = " ".join(title.split())[:200]
@@ -179,6 +230,7 @@ class OwnerStore:
                 Conversation.id == conversation_id, Conversation.owner == self.owner).values(title=title))
             return result.rowcount > 0
 
+    @guarded(write=True)
     def delete(self, conversation_id: int) -> bool:
         """Delete a conversation, its messages, and its images that no other message uses."""
         with Session(self.engine) as session, session.begin():
@@ -195,9 +247,12 @@ class OwnerStore:
 
     # ---- messages ----
 
+    @guarded(write=True)
     def add_user_message(self, conversation_id: int, text_: str, images: Sequence[NewImage] = ()) -> int:
         """Store the user's turn and its images (each image once, by sha256); return the message id."""
         now = time.time()
+        # Encoded before the transaction: the write lock is held for the inserts only, not for image work.
+        thumbs = {new.loaded.sha256: make_thumbnail(new.loaded.image) for new in images}
         with Session(self.engine) as session, session.begin():
             conv = self._require(session, conversation_id)
             message = Message(conversation_id=conv.id, position=self._next_position(session, conv.id), role="user",
@@ -210,13 +265,14 @@ class OwnerStore:
                     width, height = new.loaded.size
                     session.add(Image(sha256=sha, format=new.loaded.format, width=width, height=height,
                                       nbytes=len(new.data), data=new.data,
-                                      thumbnail=make_thumbnail(new.loaded.image), created_at=now))
+                                      thumbnail=thumbs[sha], created_at=now))
                     session.flush()
                 session.add(MessageImage(message_id=message.id, position=position, sha256=sha,
                                          name=(new.name or f"image-{position + 1}")[:255]))
             conv.updated_at = now
             return message.id
 
+    @guarded(write=True)
     def add_assistant_message(self, conversation_id: int, text_: str, status: str, *, preset: str | None = None,
                               options: GenerationOptions | dict | None = None, stats: Stats | None = None,
                               model_family: str | None = None, model: str | None = None) -> int:
@@ -229,6 +285,7 @@ class OwnerStore:
                 self._set_stats(session, message, stats)
             return message.id
 
+    @guarded(write=True)
     def start_answer(self, conversation_id: int, *, preset: str | None = None,
                      options: GenerationOptions | dict | None = None, model_family: str | None = None,
                      model: str | None = None) -> int:
@@ -237,6 +294,7 @@ class OwnerStore:
             return self._new_answer(session, conversation_id, "", "running", preset, options, model_family,
                                     model).id
 
+    @guarded(write=True)
     def update_answer(self, message_id: int, text_: str, *, status: str | None = None,
                       stats: Stats | None = None) -> bool:
         """Store an answer's text so far, and its status and stats when given; False if this owner has no such one.
@@ -295,10 +353,12 @@ class OwnerStore:
 
     # ---- images ----
 
+    @guarded
     def image_data(self, sha256: str) -> bytes | None:
         """The original bytes of an image this owner has attached somewhere, else None."""
         return self._image_column(Image.data, sha256)
 
+    @guarded
     def thumbnail(self, sha256: str) -> bytes | None:
         """The JPEG thumbnail of an image this owner has attached somewhere, else None."""
         return self._image_column(Image.thumbnail, sha256)
@@ -308,7 +368,7 @@ class OwnerStore:
                  .join(Message, Message.id == MessageImage.message_id)
                  .join(Conversation, Conversation.id == Message.conversation_id)
                  .where(Image.sha256 == sha256, Conversation.owner == self.owner).limit(1))
-        with Session(self.engine) as session:
+        with Session(self._reads) as session:
             return session.scalars(query).first()
 
     # ---- helpers ----

@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateColumn
 
 from vlassist.conversation import Stats
@@ -216,9 +217,19 @@ def schema_version(engine: Engine) -> int:
         return int(conn.exec_driver_sql("PRAGMA user_version").scalar())
 
 
-def open_engine(path: Path | str) -> Engine:
-    """A SQLAlchemy engine on a SQLite file: WAL, busy timeout, foreign keys, write-ready transactions."""
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 10, "check_same_thread": False})
+READS = "vlassist_reads"  # execution option: this connection only reads
+
+
+def open_engine(path: Path | str, read_only: bool = False, immutable: bool = False) -> Engine:
+    """A SQLAlchemy engine on a SQLite file: WAL, busy timeout, foreign keys, write-ready transactions.
+
+    `read_only` opens an existing file for reading only (a read-only folder or mount): no WAL switch, no
+    write locks, and SQLite refuses every write. `immutable` also skips the WAL index, which a read-only folder
+    cannot hold (nobody can be writing there anyway).
+    """
+    url = f"sqlite:///file:{path}?mode=ro{'&immutable=1' if immutable else ''}&uri=true" if read_only \
+        else f"sqlite:///{path}"
+    engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -226,14 +237,24 @@ def open_engine(path: Path | str) -> Engine:
         # failing on a lock upgrade when two sessions write at the same moment.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (READS option) take no write lock: in WAL mode they then never wait for, nor block, a writer.
+        reading = read_only or conn.get_execution_options().get(READS, False)
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
+    return engine
+
+
+def empty_engine() -> Engine:
+    """An in-memory database with the current schema: the history of a read-only folder that has none."""
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    migrate(engine)
     return engine

@@ -1,24 +1,23 @@
-"""The chat view: stored messages, task presets, the chat input, and a streamed, recorded answer."""
+"""The chat view: stored messages, live answers, the chat input, and sending a question as a job."""
 
 from __future__ import annotations
 
 import io
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 
 import streamlit as st
 
 from vlassist.answers.prompts import preset_prompt
-from vlassist.conversation import GenerationOptions, Stats, Turn
+from vlassist.conversation import GenerationOptions, Stats
 from vlassist.errors import ImageError, VlassistError
 from vlassist.families import FAMILIES
 from vlassist.images import LoadedImage, load_image
-from vlassist.service.recording import AnswerRecorder
-from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage, make_title
-from vlassist.ui import tasks
+from vlassist.service import conversations
+from vlassist.service.answering import AnswerService
+from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
+from vlassist.ui import live, tasks
 from vlassist.ui.results import guess_view, render_result
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
@@ -28,38 +27,24 @@ HELD_KEY = "held_images"
 STRUCTURED = ("json", "grounding", "table", "chart", "html")
 BOX_FAMILIES = frozenset(FAMILIES)  # every supported family answers grounding with boxes
 VIEW_LABELS = {"grounding": "Boxes", "html": "HTML", "table": "Table"}  # views a free answer can be given
-_DECODED_CACHE_SIZE = 16
-
-
-class _DecodedImages:
-    """A small process-wide LRU of decoded images by sha256, so follow-ups do not decode every image again."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._items: OrderedDict[str, LoadedImage] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, sha256: str, load) -> LoadedImage:
-        with self._lock:
-            if sha256 in self._items:
-                self._items.move_to_end(sha256)
-                return self._items[sha256]
-        image = load()
-        self.put(image)
-        return image
-
-    def put(self, image: LoadedImage) -> None:
-        with self._lock:
-            self._items[image.sha256] = image
-            self._items.move_to_end(image.sha256)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
-_decoded = _DecodedImages(_DECODED_CACHE_SIZE)
 
 
 # ---- small helpers kept out of the page flow ----
+
+def open_conversation(store: OwnerStore) -> StoredConversation | None:
+    """The conversation this session has open, kept in the address (?c=) so a reload reopens it."""
+    if CONVERSATION_KEY not in st.session_state:  # a new session (first visit or reload): take it from the URL
+        wanted = st.query_params.get("c", "")
+        st.session_state[CONVERSATION_KEY] = int(wanted) if wanted.isdigit() else None
+    conversation_id = st.session_state[CONVERSATION_KEY]
+    conversation = store.get_conversation(conversation_id) if conversation_id is not None else None
+    if conversation is None:
+        st.session_state[CONVERSATION_KEY] = None  # deleted elsewhere, another user's, or never started
+        st.query_params.pop("c", None)
+    else:
+        st.query_params["c"] = str(conversation.id)
+    return conversation
+
 
 def flash(kind: str, text: str) -> None:
     """Show a message at the top of the next run (errors survive the rerun that follows them)."""
@@ -193,15 +178,15 @@ def result_images(refs: list[ImageRef], store: OwnerStore) -> list[dict]:
 
 
 def _load_stored(ref: ImageRef, store: OwnerStore) -> LoadedImage | None:
-    try:
-        return _decoded.get(ref.sha256, lambda: load_image(store.image_data(ref.sha256) or b"", ref.name))
-    except ImageError:
-        return None
+    return conversations.stored_image(store, ref.sha256, ref.name)
 
 
 def render_conversation(conversation: StoredConversation | None, store: OwnerStore, engine,
-                        options: GenerationOptions) -> dict | None:
-    """Every stored message of the open conversation, in order; return a zoom-in request made on this run."""
+                        options: GenerationOptions, service: AnswerService) -> dict | None:
+    """Every stored message of the open conversation, in order; return a zoom-in request made on this run.
+
+    An answer still being written is drawn live from its job, on its own timer, so nothing here waits for it.
+    """
     if conversation is None:
         st.caption("Paste a screenshot (Ctrl+V in the box below), drop or attach images, pick a task or "
                    "type a question.")
@@ -213,6 +198,14 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
             render_user_message(message, store, engine, options)
             if message.images:
                 question = message.images
+        elif message.status == "running":
+            job = service.job_for_message(message.id)
+            if job is None:
+                live.render_orphan(message.text)
+            else:
+                # Its own container: Streamlit tells fragments apart by the container they are called in.
+                with st.container():
+                    live.render_job(service, job.id, engine.info.device)
         else:
             zoom = render_assistant_message(message, lambda q=question: result_images(q, store))
             request = request or zoom
@@ -222,7 +215,7 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
 def chat_input():
     """The chat box: text plus any number of images, from the file picker, drag and drop, or a paste."""
     return st.chat_input("Ask about your images — paste a screenshot with Ctrl+V, or drop or attach files",
-                         key=CHAT_KEY, accept_file="multiple", file_type=IMAGE_TYPES, submit_mode="stop")
+                         key=CHAT_KEY, accept_file="multiple", file_type=IMAGE_TYPES)
 
 
 # ---- asking ----
@@ -237,23 +230,6 @@ def read_attachments(files) -> tuple[list[NewImage], list[str]]:
         except ImageError as exc:
             problems.append(str(exc))
     return images, problems
-
-
-def build_turns(conversation: StoredConversation, store: OwnerStore) -> list[Turn]:
-    """The conversation as engine turns; failed answers are left out, images decoded (cached)."""
-    turns = []
-    for message in conversation.messages:
-        if message.role == "assistant":
-            if message.status != "error" and message.text:
-                turns.append(Turn("assistant", message.text))
-            continue
-        images = []
-        for ref in message.images:
-            data = store.image_data(ref.sha256)
-            if data is not None:
-                images.append(_decoded.get(ref.sha256, lambda d=data, n=ref.name: load_image(d, n)))
-        turns.append(Turn("user", message.text, images))
-    return turns
 
 
 def show_held_images() -> None:
@@ -271,8 +247,8 @@ def _refuse(message: str, text: str, images: list[NewImage]) -> None:
     st.rerun()
 
 
-def ask(submission, engine, store: OwnerStore, options: GenerationOptions, area) -> None:
-    """Save the user's turn, stream the answer into `area`, save the answer, and rerun the page."""
+def ask(submission, engine, service: AnswerService, store: OwnerStore, options: GenerationOptions) -> None:
+    """Queue the user's question (text, attachments, the chosen preset) and rerun to show it waiting or streaming."""
     text = (submission.text or "").strip()
     held = st.session_state.pop(HELD_KEY, [])
     images, problems = read_attachments(submission.files or [])
@@ -294,59 +270,34 @@ def ask(submission, engine, store: OwnerStore, options: GenerationOptions, area)
                     "again; your question and images are kept.", text, images)
         options, text = replace(options, json_schema=schema), tasks.json_question(text, schema)
     st.session_state.pop(tasks.PRESET_KEY, None)
-    send(text, images, preset, engine, store, options, area)
+    send(text, images, preset, engine, service, store, options)
 
 
-def ask_zoom(request: dict, engine, store: OwnerStore, options: GenerationOptions, area) -> None:
+def ask_zoom(request: dict, engine, service: AnswerService, store: OwnerStore, options: GenerationOptions) -> None:
     """Ask about a zoomed-in region as a follow-up turn: its full-resolution crop attached as a new image."""
     buf = io.BytesIO()
     request["image"].save(buf, "PNG")  # lossless, so the model reads the region exactly as the original shows it
     data = buf.getvalue()
     label = re.sub(r"[^\w-]+", "-", request["box"].label or "").strip("-")[:40] or "region"
     name = f"zoom-{label}.png"
-    send(request["prompt"], [NewImage(data, load_image(data, name), name)], None, engine, store,
-         replace(options, json_schema=None), area)
+    send(request["prompt"], [NewImage(data, load_image(data, name), name)], None, engine, service, store,
+         replace(options, json_schema=None))
 
 
-def send(text: str, images: list[NewImage], preset: str | None, engine, store: OwnerStore,
-         options: GenerationOptions, area) -> None:
-    """Store the question, stream and store its answer into `area` (a new conversation if none is open), rerun."""
-    for new in images:
-        _decoded.put(new.loaded)
+def send(text: str, images: list[NewImage], preset: str | None, engine, service: AnswerService,
+         store: OwnerStore, options: GenerationOptions) -> None:
+    """Store the question with a waiting answer (a new conversation if none is open), queue its job, rerun.
+
+    The answer is written by the answer service, not by this script run: Stop, another send, a reload or a
+    closed tab cannot lose or garble it. A request the service refuses stores nothing and gives the text back.
+    """
     conversation_id = st.session_state.get(CONVERSATION_KEY)
-    if conversation_id is None or store.get_conversation(conversation_id) is None:
-        conversation_id = store.create_conversation(make_title(text))
-        st.session_state[CONVERSATION_KEY] = conversation_id
-    # The question is stored before generation starts: a crash or a closed tab never loses it.
-    store.add_user_message(conversation_id, text, images)
-    conversation = store.get_conversation(conversation_id)
-    with area:
-        render_user_message(conversation.messages[-1], store, engine, options)
-        stream_answer(conversation, engine, store, options, preset)
+    if conversation_id is not None and store.get_conversation(conversation_id) is None:
+        conversation_id = None  # deleted in another tab: start a new one
+    try:
+        job = conversations.ask(service, store, conversation_id, text, images, options, preset,
+                                model_family=engine.info.family, model=engine.info.model_dir)
+        st.session_state[CONVERSATION_KEY] = job.request.conversation_id
+    except VlassistError as exc:
+        _refuse(f"Not sent — {exc}", text, images)
     st.rerun()
-
-
-def stream_answer(conversation: StoredConversation, engine, store: OwnerStore, options: GenerationOptions,
-                  preset: str | None) -> None:
-    """Stream the answer to the conversation's last question and store it however the stream ends."""
-    turns = build_turns(conversation, store)
-    with st.chat_message("assistant"):
-        waiting = st.empty()
-        reply = engine.stream(turns, options, on_queued=lambda: waiting.info(
-            "Waiting for the GPU — another answer is being generated; yours starts right after.", icon="⏳"))
-        recorder = AnswerRecorder(reply, store, conversation.id, options=options, preset=preset,
-                                  model_family=engine.info.family, model=str(engine.info.model_dir))
-
-        def chunks():
-            for i, chunk in enumerate(recorder.chunks()):
-                if i == 0:
-                    waiting.empty()
-                yield chunk
-
-        try:
-            st.write_stream(chunks())
-        except VlassistError:
-            pass  # stored with status error below and shown from history after the rerun
-        finally:
-            # Runs on Stop, on a rerun from any widget, and on errors: the partial answer is always kept.
-            recorder.finish()

@@ -7,8 +7,9 @@ from pathlib import Path
 import streamlit as st
 
 from vlassist.config import Settings, load_settings
-from vlassist.errors import ConfigError, ModelNotFoundError
+from vlassist.errors import ConfigError, ModelNotFoundError, VlassistError
 from vlassist.service.answering import AnswerService
+from vlassist.service.limits import default_admission
 from vlassist.store.history import LOCAL_OWNER, History
 
 MAX_OWNER_LENGTH = 200
@@ -38,15 +39,17 @@ def history(settings: Settings) -> History:
 
 @st.cache_resource(show_spinner=False)
 def _engine(key: str, _settings: Settings):
-    from vlassist.engine import load_engine  # the UI reaches torch only through the engine module
+    from vlassist.backends import load_answerer  # the UI reaches torch only through the engine package
 
-    return load_engine(_settings)
+    return load_answerer(_settings)
 
 
 def engine_or_stop(settings: Settings):
     """The model, loaded once per process (shared by every session), or a page explaining how to get one."""
     try:
-        with st.spinner(f"Loading the model from {settings.model_dir} … (once per server start)"):
+        where = (f"Connecting to the model server at {settings.backend_url} …" if settings.backend_url else
+                 f"Loading the model from {settings.model_dir} … (once per server start)")
+        with st.spinner(where):
             # Only what changes the loaded model is in the key: every data folder and user shares one model.
             return _engine(repr(settings.with_(user_header=None, data_dir=Path())), settings)
     except ModelNotFoundError as exc:
@@ -61,19 +64,19 @@ def engine_or_stop(settings: Settings):
             icon="📦",
         )
         st.stop()
-    except ConfigError as exc:
+    except VlassistError as exc:  # a bad setting, or a model server that cannot be reached
         st.error(f"The model cannot be loaded: {exc}")
         st.stop()
 
 
 @st.cache_resource(show_spinner=False)
-def _service(key: str, _engine) -> AnswerService:
-    return AnswerService(_engine)
+def _service(key: str, _engine, _settings: Settings) -> AnswerService:
+    return AnswerService(_engine, admission=default_admission(_engine, _settings))
 
 
-def service(engine) -> AnswerService:
+def service(engine, settings: Settings) -> AnswerService:
     """The answer service over the loaded model: one queue for every session of this server process."""
-    return _service(str(id(engine)), engine)
+    return _service(str(id(engine)), engine, settings)
 
 
 def owner_or_stop(settings: Settings) -> str:

@@ -32,7 +32,7 @@ def render_settings(settings: Settings) -> GenerationOptions:
         mode = st.radio("Decoding", [PRECISE, CREATIVE], key="opt_decoding", horizontal=True,
                         help="Precise is deterministic (best for OCR, JSON, tables); creative samples.")
     return GenerationOptions(max_new_tokens=int(length), precise=mode == PRECISE, max_image_tokens=int(tokens),
-                             low_res=bool(low_res))
+                             low_res=bool(low_res), min_new_tokens=min(settings.min_answer_tokens, int(length)))
 
 
 def set_decoding(precise: bool) -> None:

@@ -1,0 +1,36 @@
+"""Run the API: load the answerer once, put one answer service in front of it, serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from vlassist.backends import load_answerer
+from vlassist.config import Settings
+from vlassist.service.answering import AnswerService
+from vlassist.service.limits import context_admission
+
+from .app import create_app
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 5  # open streams get this long to end on Ctrl+C / SIGTERM
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Serve until interrupted; every request queues FIFO on one service, as the page's do."""
+    answerer = load_answerer(settings)
+    info = answerer.info
+    # The same refusals as the page's (too long a question or prompt), before a request waits in the queue.
+    admission = context_admission(answerer, settings.max_prompt_tokens, settings.max_question_chars)
+    service = AnswerService(answerer, admission=[admission])
+    app = create_app(service, settings, model_id=Path(info.model_dir).name, family=info.family)
+    if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        log.warning("serving on %s without VLASSIST_API_KEY: anyone who can reach it can use the model", host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        service.close()
+    return 0
