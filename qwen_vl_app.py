@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from vlassist.ui import chat, launch, resources, settings_panel, sidebar, tasks
+from vlassist.ui import chat, launch, live, resources, settings_panel, sidebar, tasks
 
 launch.keep_local()  # also under a plain `streamlit run`: no address lookups off the machine
 
@@ -10,7 +10,8 @@ st.set_page_config(page_title="vlassist", page_icon="🖼️", layout="wide")
 
 settings = resources.settings_or_stop()
 owner = resources.owner_or_stop(settings)
-store = resources.history(settings).for_owner(owner)
+history = resources.history(settings)
+store = history.for_owner(owner)
 engine = resources.engine_or_stop(settings)
 service = resources.service(engine, settings)
 
@@ -21,13 +22,13 @@ with st.sidebar:
     sidebar.render_conversation_list(store)
     sidebar.render_conversation_actions(store, service, conversation)
     options = settings_panel.render_settings(settings)
-    settings_panel.render_model_status(engine)
+    settings_panel.render_model_status(engine, service)
 
 st.subheader(conversation.title if conversation else "New conversation")
+resources.read_only_notice(history)
 chat.show_flash()
-messages = st.container()
-with messages:
-    zoom = chat.render_conversation(conversation, store, engine, options, service)
+following: list = []  # answers still being written, drawn live at the end of this run
+zoom = chat.render_conversation(conversation, store, engine, options, service, following)
 tasks.render_presets(engine.info.family)
 tasks.render_task_options(engine.info.family)
 chat.restore_pending_text()
@@ -37,3 +38,4 @@ if zoom:
     chat.ask_zoom(zoom, engine, service, store, options)
 elif submission:
     chat.ask(submission, engine, service, store, options)
+live.follow(following, service, engine.info.device)

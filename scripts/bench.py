@@ -1,11 +1,15 @@
-"""Benchmark the engine against plain transformers generate() in the same run: prints a table, writes JSON.
+"""Benchmark the engine: prints a table, writes JSON; the plain transformers baseline is scripts/baseline.py.
 
 On a GPU it builds the real Qwen2.5-VL-7B architecture at random weights in bf16 (or loads --model when real
 weights are present); --tiny runs the same measurements on the tiny checkpoint, e.g. on a CPU, to check the
-script itself.
+script itself. The baseline runs in a process of its own (nothing of the engine loaded); pass its JSON with
+--baseline to print the ratios. --ready-only measures the time to ready (process start to the first answer
+possible) and one answer, so a second process with the same --cache-dir shows the warm start.
 
-    python scripts/bench.py --out bench.json                 # GPU, 7B architecture, 24 GB cap
-    python scripts/bench.py --tiny --tokens 16 --out t.json  # CPU smoke run
+    python scripts/baseline.py --out baseline.json                              # GPU, plain generate()
+    python scripts/bench.py --baseline baseline.json --cache-dir C --out bench.json  # GPU, 7B, 24 GB cap
+    python scripts/bench.py --ready-only --cache-dir C --out ready.json          # warm start, same cache
+    python scripts/bench.py --tiny --tokens 16 --out t.json                     # CPU smoke run
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from PIL import Image  # noqa: E402
 from vlassist import offline  # noqa: F401,E402
 from vlassist.config import load_settings  # noqa: E402
 from vlassist.conversation import GenerationOptions, Turn  # noqa: E402
-from vlassist.engine import Engine, generate, load_engine  # noqa: E402
+from vlassist.engine import Engine, generate, load_engine, warm_up  # noqa: E402
 from vlassist.engine import decode as decode_module  # noqa: E402
 from vlassist.engine.fastdecode import build_decoder  # noqa: E402
-from vlassist.engine.loader import ModelInfo, load  # noqa: E402
+from vlassist.engine.fuse import fuse_projections  # noqa: E402
+from vlassist.engine.loader import ModelInfo, load, process_age_s  # noqa: E402
 from vlassist.engine.vision_attention import use_varlen  # noqa: E402
 from vlassist.images import load_image  # noqa: E402
 
@@ -258,6 +263,51 @@ def short_prefill_ab(engine, image, repeats, followup_tokens):
     return out
 
 
+def compile_cache_record(info) -> dict:
+    """Inductor's cache hits and misses in this process, and the size of the kept folder."""
+    from torch._dynamo.utils import counters
+
+    record = {k: v for k, v in counters["inductor"].items() if "cache" in k}
+    folder = Path(info.compile_cache.split(" (")[0]) if info.compile_cache else None
+    if folder and folder.is_dir():
+        record["folder_mb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+    return record
+
+
+def _answer_ids(engine, turns, options) -> list[int]:
+    """The answer's token ids through the engine's phases (the same code `stream` runs on its worker)."""
+    gen = generate.prepare(engine, turns, options)
+    generate.run(engine, gen)
+    return gen.output[0, gen.length:].tolist()
+
+
+def _compare(fast: list[int], plain: list[int]) -> dict:
+    first = next((i for i, (a, b) in enumerate(zip(fast, plain)) if a != b), None)
+    if first is None and len(fast) != len(plain):
+        first = min(len(fast), len(plain))
+    return {"identical": first is None, "first_difference": first, "tokens": len(fast)}
+
+
+def exactness(engine, image, tokens):
+    """Greedy tokens of the fast path against the eager path from scratch (plain generate()), for one image.
+
+    First question: the prompt prefilled eagerly, answer decoded in the compiled/captured step. Follow-up: the
+    earlier turns' K/V reused, the new ones prefilled short, decoded as before. bf16 kernels differ in rounding
+    order between the paths, so a difference is possible and recorded, with its first position.
+    """
+    fast = GenerationOptions(max_new_tokens=tokens, min_new_tokens=tokens, max_image_tokens=16384)
+    plain = GenerationOptions(max_new_tokens=tokens, min_new_tokens=tokens, max_image_tokens=16384,
+                              use_cache=False)
+    engine.prefixes.clear()
+    first = [Turn("user", "Describe this screenshot in detail.", [image])]
+    ids = _answer_ids(engine, first, fast)
+    result = {"first_question": _compare(ids, _answer_ids(engine, first, plain))}
+    text = engine.processor.tokenizer.decode(ids, skip_special_tokens=True)
+    follow = first + [Turn("assistant", text), Turn("user", "What is in the top left corner?")]
+    result["follow_up"] = _compare(_answer_ids(engine, follow, fast), _answer_ids(engine, follow, plain))
+    return result
+
+
 def peak_memory(engine, image, tokens, use_cache):
     """Peak GiB allocated while answering `tokens` tokens about `image` (GPU only)."""
     if not torch.cuda.is_available():
@@ -319,9 +369,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=256, help="forced answer length")
     parser.add_argument("--long-tokens", type=int, default=1024, help="answer length for the peak-memory run")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per image for the engine path")
-    parser.add_argument("--baseline-repeats", type=int, default=2, help="repeats per image for generate()")
+    parser.add_argument("--baseline", help="scripts/baseline.py's JSON from the same machine, for the ratios")
+    parser.add_argument("--cache-dir", help="VLASSIST_CACHE_DIR: where compiled kernels are kept")
+    parser.add_argument("--ready-only", action="store_true", help="time to ready and one answer, then exit")
+    parser.add_argument("--no-fuse", action="store_true", help="keep q/k/v and gate/up as separate products")
+    parser.add_argument("--exact-tokens", type=int, default=32, help="answer length of the exactness record")
     parser.add_argument("--followup-tokens", type=int, default=8, help="answer length of the follow-up question")
-    parser.add_argument("--peak-generate", action="store_true", help="also measure generate()'s peak memory")
     parser.add_argument("--cap-gb", type=float, default=24.0, help="GPU memory cap (emulates an RTX 4090)")
     parser.add_argument("--compile", default="auto", help="VLASSIST_COMPILE for the engine path")
     parser.add_argument("--sizes", default=",".join(SIZES))
@@ -334,7 +387,8 @@ def main(argv=None) -> int:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb * 2**30 / total))
     env = {"VLASSIST_DEVICE": "cuda" if cuda else "cpu", "VLASSIST_COMPILE": args.compile,
-           "VLASSIST_DECODE_CONTEXT": "8192", "VLASSIST_MAX_IMAGE_TOKENS": "16384"}
+           "VLASSIST_DECODE_CONTEXT": "8192", "VLASSIST_MAX_IMAGE_TOKENS": "16384",
+           "VLASSIST_CACHE_DIR": args.cache_dir or str(ROOT / ".bench" / "cache")}
     started = time.perf_counter()
     if args.model or args.tiny:
         folder = Path(args.model) if args.model else _tiny_dir()
@@ -350,14 +404,14 @@ def main(argv=None) -> int:
                          factor=28, min_pixels=56 * 56, load_s=time.perf_counter() - started,
                          parameters=sum(p.numel() for p in model.parameters()),
                          versions={"torch": torch.__version__, "transformers": transformers.__version__})
-        use_varlen(model)  # what the loader does for an SDPA model
+        use_varlen(model)  # what the loader does for an SDPA model on CUDA
+        info.fused = fuse_projections(model) if cuda and not args.no_fuse else ""
         engine = Engine(model, _processor(settings), info, settings)
-        engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
-            model, settings.compile, settings.decode_context)
+        warm_up(engine)  # what load_engine does after loading: compile (into the kept cache), capture
         weights = "random"
     info = engine.info
-    print(f"loaded in {info.load_s:.1f} s, warm-up {info.warmup_s:.1f} s, decode={info.decode} ({info.decode_reason})",
-          flush=True)
+    print(f"loaded in {info.load_s:.1f} s, warm-up {info.warmup_s:.1f} s, ready {info.ready_s:.1f} s after process"
+          f" start, decode={info.decode} ({info.decode_reason}); compile cache: {info.compile_cache}", flush=True)
 
     images = {name: _image(SIZES[name], i) for i, name in enumerate(args.sizes.split(","))}
     rows = []
@@ -374,7 +428,8 @@ def main(argv=None) -> int:
         "prefill_buckets": getattr(engine.fast, "prefill_sizes", None),
         "prefill_graphs": len(getattr(engine.fast, "pf_graphs", {})),
         "prefill_capture_s": getattr(engine.fast, "prefill_s", None), "load_s": info.load_s,
-        "warmup_s": info.warmup_s, "rows": rows,
+        "warmup_s": info.warmup_s, "ready_s": info.ready_s, "compile_cache": info.compile_cache, "fused": info.fused,
+        "rows": rows,
         "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }
     out = Path(args.out)
@@ -387,8 +442,17 @@ def main(argv=None) -> int:
         print(name, json.dumps(result[name])[:400], flush=True)
         out.write_text(json.dumps(result, indent=2))
 
-    answer(engine, [Turn("user", "warm", [images[first_size]])],  # kernels and allocator, off the clock
-           GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384))
+    # The first answer a user could ask for right after ready: its TTFT shows what warm-up left undone.
+    _, stats = answer(engine, [Turn("user", "warm", [images[first_size]])],
+                      GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384))
+    result["compile_cache_record"] = compile_cache_record(info)
+    result["first_answer"] = {"image": first_size, "ttft_ms": 1000 * stats.ttft_s,
+                              "done_after_start_s": process_age_s()}
+    out.write_text(json.dumps(result, indent=2))
+    if args.ready_only:
+        print(f"ready {info.ready_s:.1f} s (load {info.load_s:.1f} + warm-up {info.warmup_s:.1f}); first answer TTFT"
+              f" {1000 * stats.ttft_s:.0f} ms; compile cache: {info.compile_cache}; {result['compile_cache_record']}")
+        return 0
     for name, image in images.items():
         row = {"path": "engine", "image": name,
                **measure(engine, image, args.tokens, True, args.repeats, args.followup_tokens)}
@@ -405,48 +469,51 @@ def main(argv=None) -> int:
         extra("short_prefill_ab", lambda: short_prefill_ab(engine, mid, args.repeats, args.followup_tokens))
     if engine.fast is not None:
         extra("decode_per_step", lambda: per_step_decode(engine, mid, args.tokens, 3))
-    peaks = {"engine": None, "generate": None}
+    peaks = {"engine": None}
     extra("peak_gb", lambda: peaks | {"engine": peak_memory(engine, images[peak_name], args.long_tokens, True)})
+    if args.exact_tokens:
+        extra("exactness", lambda: {name: exactness(engine, image, args.exact_tokens)
+                                    for name, image in images.items()})
     if args.profile:
         extra("profiles", lambda: profile_prefill_and_step(engine, mid, out.parent))
 
-    # The baseline: plain generate() with the stock vision attention, as a Qwen demo would run it.
-    use_varlen(engine.model, False)
-    answer(engine, [Turn("user", "warm", [images[first_size]])],
-           GenerationOptions(max_new_tokens=4, min_new_tokens=4, max_image_tokens=16384, use_cache=False))
-    for name, image in images.items():
-        row = {"path": "generate", "image": name,
-               **measure(engine, image, args.tokens, False, args.baseline_repeats, args.followup_tokens)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        out.write_text(json.dumps(result, indent=2))
-    if args.peak_generate:
-        result["peak_gb"]["generate"] = peak_memory(engine, images[peak_name], args.long_tokens, False)
-    use_varlen(engine.model, True)
     out.write_text(json.dumps(result, indent=2))
+    summary(result, images, args, out)
+    return 0
+
+
+def summary(result, images, args, out: Path) -> None:
+    """The closing table: engine against the separate plain baseline (if its JSON was given)."""
+    rows, base = result["rows"], {}
+    if args.baseline and Path(args.baseline).is_file():
+        loaded = json.loads(Path(args.baseline).read_text())
+        base = {r["image"]: r for r in loaded["rows"]}
+        result["baseline"] = {"file": Path(args.baseline).name, "device": loaded["device"],
+                              "versions": loaded["versions"], "processor": loaded["processor"],
+                              "peak_gb": loaded.get("peak_gb"), "rows": loaded["rows"]}
+        out.write_text(json.dumps(result, indent=2))
     vision = {k: v.get("varlen", float("nan")) for k, v in result["vision_ms"].items()} if "error" not in result[
         "vision_ms"] else {k: float("nan") for k in images}
-    peaks = result["peak_gb"] if "error" not in result["peak_gb"] else {"engine": None, "generate": None}
-
-    print(f"\n{device} | {weights} weights | torch {torch.__version__} | transformers {transformers.__version__}"
-          f" | decode {info.decode} | load {info.load_s:.1f} s + warm-up {info.warmup_s:.1f} s")
+    peaks = result["peak_gb"] if "error" not in result["peak_gb"] else {"engine": None}
+    print(f"\n{result['device']} | {result['weights']} weights | torch {torch.__version__} | transformers"
+          f" {transformers.__version__} | decode {result['decode']} | load {result['load_s']:.1f} s + warm-up"
+          f" {result['warmup_s']:.1f} s | ready {result['ready_s']:.1f} s")
     print(f"{'image':>10} {'tokens':>6} | {'TTFT ms':>16} | {'follow-up TTFT ms':>18} | {'decode tok/s':>16} |"
           f" {'vision ms':>9}")
-    print(f"{'':>10} {'':>6} | {'engine  generate':>16} | {'engine  generate':>18} | {'engine  generate':>16} |")
+    print(f"{'':>10} {'':>6} | {'engine  baseline':>16} | {'engine  baseline':>18} | {'engine  baseline':>16} |")
+    nan = {"ttft_ms": float("nan"), "followup_ttft_ms": float("nan"), "decode_tok_s": float("nan")}
     for name in images:
-        e = next(r for r in rows if r["path"] == "engine" and r["image"] == name)
-        g = next(r for r in rows if r["path"] == "generate" and r["image"] == name)
+        e = next(r for r in rows if r["image"] == name)
+        g = base.get(name, nan)
         print(f"{name:>10} {e['prompt_tokens']:>6} | {e['ttft_ms']:7.0f} {g['ttft_ms']:8.0f} |"
               f" {e['followup_ttft_ms']:8.0f} {g['followup_ttft_ms']:9.0f} |"
               f" {e['decode_tok_s']:7.1f} {g['decode_tok_s']:8.1f} | {vision[name]:9.0f}")
-        print(f"{'ratio':>17} | {g['ttft_ms'] / e['ttft_ms']:15.2f}x |"
-              f" {g['followup_ttft_ms'] / e['followup_ttft_ms']:17.2f}x |"
-              f" {e['decode_tok_s'] / max(g['decode_tok_s'], 1e-9):15.2f}x |")
+        if name in base:
+            print(f"{'ratio':>17} | {g['ttft_ms'] / e['ttft_ms']:15.2f}x |"
+                  f" {g['followup_ttft_ms'] / e['followup_ttft_ms']:17.2f}x |"
+                  f" {e['decode_tok_s'] / max(g['decode_tok_s'], 1e-9):15.2f}x |")
     if peaks["engine"] is not None:
-        print(f"peak GiB ({peak_name}, {args.long_tokens}-token answer): engine {peaks['engine']:.2f}"
-              + (f", generate {peaks['generate']:.2f}" if peaks["generate"] is not None else ""))
-    return 0
-
+        print(f"peak GiB ({result['peak_image']}, {args.long_tokens}-token answer): engine {peaks['engine']:.2f}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Command line: `python -m vlassist ask IMAGE... --prompt TEXT`, `python -m vlassist info` and `serve`."""
+"""Command line: `python -m vlassist ask IMAGE... --prompt TEXT`, `info`, `serve` and `batch`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from vlassist.batch.cli import add_parser as add_batch_parser
 from vlassist.config import load_settings
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", type=Path)
+    add_batch_parser(sub, defaults)
     return ap
 
 
@@ -187,6 +189,12 @@ def cmd_info(args) -> int:
     print(f"decode:     {info.decode} — {info.decode_reason or 'default'} (warm-up {info.warmup_s:.1f} s)")
     print(f"parameters: {info.parameters:,}")
     print(f"load time:  {info.load_s:.1f} s")
+    if getattr(info, "ready_s", 0.0):
+        print(f"ready:      {info.ready_s:.1f} s after the process started (imports, load and warm-up)")
+    if getattr(info, "compile_cache", ""):
+        print(f"compiled:   {info.compile_cache}")
+    if getattr(info, "fused", ""):
+        print(f"fused:      {info.fused}")
     print("memory:     " + ", ".join(f"{k} {v:.2f} GiB" for k, v in engine.memory().items()))
     print("versions:   " + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
     return 0
@@ -202,11 +210,23 @@ def cmd_serve(args) -> int:
     return serve(settings, args.host, args.port)
 
 
+def cmd_batch(args) -> int:
+    """Answer one task for every image and PDF page of the inputs, into resumable JSONL or CSV."""
+    from vlassist.batch.cli import run_batch
+
+    settings = load_settings()
+    if args.model:
+        settings = settings.with_(model_dir=args.model)
+    schema_text = _schema_text(args)
+    return run_batch(args, settings, _options(args, settings), schema_text,
+                     lambda family: _prompts(args, family, schema_text)[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected errors print one line on stderr and exit 2."""
     args = _parser().parse_args(argv)
     try:
-        return {"ask": cmd_ask, "info": cmd_info, "serve": cmd_serve}[args.command](args)
+        return {"ask": cmd_ask, "info": cmd_info, "serve": cmd_serve, "batch": cmd_batch}[args.command](args)
     except VlassistError as exc:
         print(f"vlassist: error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ class Settings:
 
     model_dir: Path = Path(DEFAULT_MODEL_DIR)
     data_dir: Path = Path("data")
+    cache_dir: Path | None = None  # compiled kernels kept across restarts; None: data_dir / "cache"
     device: str = "auto"
     attn: str = "auto"
     max_image_tokens: int = DEFAULT_IMAGE_TOKENS
@@ -42,6 +43,11 @@ class Settings:
     backend_key: str | None = field(default=None, repr=False)  # kept out of logs and tracebacks
     backend_model: str | None = None  # the server's model name; None: the first one it lists
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
+
+    @property
+    def cache_root(self) -> Path:
+        """The folder compiled artifacts are kept in: VLASSIST_CACHE_DIR, else `cache` in the data folder."""
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "cache"
 
     def with_(self, **changes) -> Settings:
         """Return a copy with some fields changed (e.g. a --model option)."""
@@ -83,6 +89,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         model_dir=Path(env.get("VLASSIST_MODEL_DIR", "").strip() or DEFAULT_MODEL_DIR).expanduser(),
         data_dir=Path(env.get("VLASSIST_DATA_DIR", "").strip() or "data").expanduser(),
+        cache_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_CACHE_DIR", "").strip()) else None,
         device=_choice(env, "VLASSIST_DEVICE", DEVICES, "auto"),
         attn=_choice(env, "VLASSIST_ATTN", ATTENTION, "auto"),
         max_image_tokens=_number(env, "VLASSIST_MAX_IMAGE_TOKENS", int, DEFAULT_IMAGE_TOKENS, 4, 16384),

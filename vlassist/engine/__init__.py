@@ -7,10 +7,10 @@ decode      M-RoPE positions, prefill, one decode step, logits processors and to
 fastdecode  StaticDecoder: preallocated K/V buffers, captured decode/greedy/short-prefill graphs
 kvcache     prefix K/V caches keyed by token ids and image contents (PrefixStore)
 streaming   the timed text streamer answer tokens go to, and the stats made from it
-pixels, vision_attention, constrained, sizing, loader: device-side patchify, one-call vision attention,
-JSON-schema grammar, model-input sizing, checkpoint loading
+pixels, vision_attention, constrained, sizing, loader, compilecache: device-side patchify, one-call vision
+attention, JSON-schema grammar, model-input sizing, checkpoint loading, compiled kernels kept across restarts
 """
 
-from vlassist.engine.core import Engine, GenerationError, load_engine
+from vlassist.engine.core import Engine, GenerationError, load_engine, warm_up
 
-__all__ = ["Engine", "GenerationError", "load_engine"]
+__all__ = ["Engine", "GenerationError", "load_engine", "warm_up"]

@@ -130,6 +130,13 @@ class SchemaLogitsProcessor(LogitsProcessor):
                 masked[row] = self._prefer_closing(masked[row], self.lexers[row].in_string)
         return masked.to(device=device, dtype=scores.dtype)
 
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep only these rows' grammar state: a batched decode dropped the other rows' finished answers."""
+        if self.matchers:
+            self.matchers = [self.matchers[row] for row in rows]
+            self.lexers = [self.lexers[row] for row in rows]
+            self.bitmask = self.bitmask[rows].contiguous()
+
     def _prefer_closing(self, scores: torch.Tensor, in_string: bool) -> torch.Tensor:
         # Among the allowed tokens keep only the best-closing rank, so the document ends in a few steps.
         ranks = (self.ranks.in_string if in_string else self.ranks.outside).to(scores.device)

@@ -12,11 +12,11 @@ import torch
 from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
-from vlassist.engine import generate
+from vlassist.engine import batched, compilecache, generate
 from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, render_chat
 from vlassist.engine.fastdecode import build_decoder
 from vlassist.engine.kvcache import PrefixStore
-from vlassist.engine.loader import ModelInfo, load
+from vlassist.engine.loader import ModelInfo, load, process_age_s
 from vlassist.engine.sizing import plan_size
 from vlassist.engine.streaming import finish_stats
 from vlassist.errors import VlassistError
@@ -107,6 +107,15 @@ class Engine:
         stats = Stats()
         return Reply(self._run(list(turns), options, stop, stats, on_queued), stats, stop)
 
+    def answer_batch(self, conversations: Sequence[Sequence[Turn]], options: GenerationOptions = GenerationOptions(),
+                     stops: Sequence[threading.Event] | None = None) -> list[tuple[str, Stats]]:
+        """Answer several one-question conversations in one batched decode: (text, stats) each (batched.py)."""
+        return batched.answer_batch(self, conversations, options, stops)
+
+    def batch_size_for(self, tokens_per_row: int) -> int:
+        """Rows of `tokens_per_row` (prompt and answer) a batched decode can hold in free memory; 1 on the CPU."""
+        return batched.auto_batch_size(self, tokens_per_row)
+
     def _run(self, turns, options, stop, stats: Stats, on_queued) -> Iterator[str]:
         requested = time.perf_counter()
         if not self._lock.acquire(blocking=False):
@@ -164,6 +173,16 @@ def load_engine(settings: Settings) -> Engine:
     """Load the checkpoint named by settings and return a ready engine."""
     model, processor, _family, info = load(settings)
     engine = Engine(model, processor, info, settings)
-    engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
-        model, settings.compile, settings.decode_context)
+    warm_up(engine)
     return engine
+
+
+def warm_up(engine: Engine) -> None:
+    """Build the fastest decoder (compiling into the kept cache folder), then record the time to ready."""
+    info, settings = engine.info, engine.settings
+    if info.device == "cuda" and settings.compile in ("auto", "compile"):
+        cache = compilecache.prepare(settings.cache_root, engine.model)
+        info.compile_cache = cache.describe() if cache else "not kept: the cache folder is not writable (see log)"
+    engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
+        engine.model, settings.compile, settings.decode_context)
+    info.ready_s = process_age_s()

@@ -17,6 +17,7 @@ from vlassist import offline  # noqa: F401  (sets the offline switches before tr
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.engine import attention
+from vlassist.engine.fuse import fuse_projections
 from vlassist.engine.vision_attention import use_varlen
 from vlassist.errors import ConfigError
 from vlassist.families import Family
@@ -43,7 +44,24 @@ class ModelInfo:
     decode: str = "eager"  # eager | static | graph | compile (see vlassist.engine.fastdecode)
     decode_reason: str = ""
     warmup_s: float = 0.0  # compile and capture time, spent at load so no question waits for it
+    ready_s: float = 0.0  # process start to the first answer possible: imports, load and warm-up together
+    compile_cache: str = ""  # where compiled kernels are kept across restarts, and whether any were found
+    fused: str = ""  # which projections were fused into one product each at load (CUDA only)
     versions: dict = field(default_factory=dict)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since vlassist's engine was imported)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
 
 
 def pick_device(requested: str) -> str:
@@ -141,12 +159,14 @@ def load(settings: Settings):
     model.eval()
     if attn == "sdpa":  # flash_attention_2 has its own varlen path; eager stays the plain reference
         use_varlen(model)
+    # Fewer, larger products per decode step on the GPU; on the CPU answers stay the stock model's, bit for bit.
+    fused = fuse_projections(model) if device == "cuda" else ""
     size = getattr(image_processor, "size", None) or {}
     min_pixels = int(size.get("shortest_edge") or size.get("min_pixels") or 4 * family.factor**2)
     info = ModelInfo(
         model_dir=str(folder), family=family.model_type, device=device, dtype=str(dtype).replace("torch.", ""),
         attn=attn, attn_reason=reason, factor=family.factor, min_pixels=min_pixels,
         load_s=time.perf_counter() - started, parameters=sum(p.numel() for p in model.parameters()),
-        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        versions={"torch": torch.__version__, "transformers": transformers.__version__}, fused=fused,
     )
     return model, processor, family, info

@@ -27,6 +27,7 @@ class AnswerService:
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._running: Job | None = None
+        self._groups: dict[str, list[Job]] = {}  # job id → the jobs submitted with it by submit_group
         self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -53,6 +54,27 @@ class AnswerService:
             self._queue.append(job)
             self._wake.notify()
         return job
+
+    def submit_group(self, requests: Sequence[Request], admitted: bool = False) -> list[Job]:
+        """Queue requests that share options to be answered together (one batched decode); one job each."""
+        # The group waits in the queue like consecutive jobs and runs as one unit on the worker thread through the
+        # answerer's `answer_batch` (answerers without it answer the jobs one after another). Each job can be
+        # cancelled on its own; its text arrives when the group ends, not streamed.
+        if len({request.options for request in requests}) > 1:
+            raise ValueError("a group's requests must share their options")
+        if not admitted:
+            for request in requests:
+                self.admit(request)
+        jobs = [Job(request) for request in requests]
+        with self._wake:
+            if self._closed:
+                raise VlassistError("the answer service is shutting down")
+            for job in jobs:
+                self._jobs[job.id] = job
+                self._groups[job.id] = jobs
+            self._queue.extend(jobs)
+            self._wake.notify()
+        return jobs
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, queued, running or recently finished."""
@@ -110,6 +132,12 @@ class AnswerService:
         return left + ahead * typical
 
     @property
+    def running(self) -> bool:
+        """True while a job runs on the answerer."""
+        with self._lock:
+            return self._running is not None
+
+    @property
     def queued(self) -> int:
         """How many jobs wait to start."""
         with self._lock:
@@ -119,7 +147,8 @@ class AnswerService:
         """Stop taking jobs, cancel every queued and running one, and wait for the worker to end."""
         with self._wake:
             self._closed = True
-            pending = list(self._queue) + ([self._running] if self._running else [])
+            running = self._groups.get(self._running.id, [self._running]) if self._running else []
+            pending = list(self._queue) + list(running)
             self._wake.notify()
         for job in pending:
             self.cancel(job.id)
@@ -135,13 +164,23 @@ class AnswerService:
                     return
                 job = self._queue.popleft()
                 self._running = job
+                # The rest of its group (those not cancelled while queued) leaves the queue with it.
+                group = [job] + [j for j in self._groups.get(job.id, ()) if j in self._queue]
+                for member in group[1:]:
+                    self._queue.remove(member)
             try:
-                self._run(job)
+                if len(group) > 1:
+                    self._run_group(group)
+                else:
+                    self._run(job)
             finally:
                 with self._lock:
                     self._running = None
-                    if job.started is not None and job.finished is not None and job.outcome == "complete":
-                        self._durations.append(job.finished - job.started)
+                    for member in group:
+                        self._groups.pop(member.id, None)
+                        if member.started is not None and member.finished is not None and member.outcome == "complete":
+                            # A group's time is shared by its jobs, so the wait estimate counts each job's part.
+                            self._durations.append((member.finished - member.started) / len(group))
                     self._forget_old()
 
     def _run(self, job: Job) -> None:
@@ -163,6 +202,36 @@ class AnswerService:
         stopped = reply.stats.stop_reason == "stopped" or job.cancelled
         self._end(job, "stopped" if stopped else "complete", reply.stats)
 
+    def _run_group(self, jobs: list[Job]) -> None:
+        """Answer a submit_group's jobs in one answer_batch call; each job ends with its own outcome."""
+        answer_batch = getattr(self.answerer, "answer_batch", None)
+        if answer_batch is None:
+            for job in jobs:
+                self._run(job)
+            return
+        for job in jobs:
+            job._start()
+        try:
+            results = answer_batch([job.request.build_turns() for job in jobs], jobs[0].request.options,
+                                   [job.cancel_event for job in jobs])
+        except Exception as exc:  # the whole group failed (out of memory, a device fault): each job says so
+            if not isinstance(exc, VlassistError):
+                log.exception("answer group %s failed", ", ".join(job.id for job in jobs))
+            error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            for job in jobs:
+                self._end(job, "failed", error=error)
+            return
+        for job, (text, stats) in zip(jobs, results):
+            if text:
+                job._append(text)
+                if job.request.sink is not None:
+                    job.request.sink.progress(job.text)
+            if stats.stop_reason == "error":
+                self._end(job, "failed", stats, stats.error or "the answer failed")
+            else:
+                stopped = stats.stop_reason == "stopped" or job.cancelled
+                self._end(job, "stopped" if stopped else "complete", stats)
+
     def _end(self, job: Job, outcome: Outcome, stats=None, error: str | None = None) -> None:
         if stats is None:
             stats = job.stats
@@ -174,7 +243,9 @@ class AnswerService:
         if sink is not None:
             try:
                 sink.finish(job.text, outcome, stats)
+                job.saved = True
             except Exception:  # the answer stays readable from the job even if the store refused it
+                job.saved = False
                 log.exception("could not store answer %s", job.id)
         job._end(outcome, stats, error)
 

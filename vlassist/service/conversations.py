@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from cachetools import LRUCache
 
 from vlassist.conversation import GenerationOptions, Stats, Turn
-from vlassist.errors import ImageError
+from vlassist.errors import ImageError, VlassistError
 from vlassist.images import LoadedImage, load_image
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job, Outcome, Request
@@ -97,11 +98,17 @@ def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, 
     conversation = store.get_conversation(conversation_id) if conversation_id is not None else None
     so_far = build_turns(conversation, store) if conversation is not None else []
     service.admit(Request(so_far + [Turn("user", text, [new.loaded for new in images])], options))
-    if conversation is None:
+    created = conversation is None
+    if created:
         conversation_id = store.create_conversation(make_title(text))
-    question_id = store.add_user_message(conversation_id, text, images)
-    answer_id = store.start_answer(conversation_id, preset=preset, options=options, model_family=model_family,
-                                   model=model)
+    try:
+        question_id, answer_id = store.add_question(conversation_id, text, images, preset=preset, options=options,
+                                                    model_family=model_family, model=model)
+    except VlassistError:
+        if created:  # leave no empty conversation behind a question that could not be stored
+            with contextlib.suppress(VlassistError):
+                store.delete(conversation_id)
+        raise
 
     def turns() -> list[Turn]:
         current = store.get_conversation(conversation_id)

@@ -55,6 +55,7 @@ class Job:
         self.text = ""
         self.stats = Stats()
         self.error: str | None = None
+        self.saved: bool | None = None  # after the end: whether the sink stored the final answer (None: no sink)
         self.submitted = time.monotonic()
         self.started: float | None = None
         self.finished: float | None = None

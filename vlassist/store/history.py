@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from PIL import Image as PILImage
 from sqlalchemy import Engine, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -18,11 +16,14 @@ from vlassist.store.faults import FAULTS, LOCK_RETRIES, backoff, guarded, is_bus
 from vlassist.store.records import (
     FINAL_STATUSES,
     STATUSES,
+    THUMBNAIL_SIDE,
     ConversationSummary,
     ImageRef,
     NewImage,
     StoredConversation,
     StoredMessage,
+    make_thumbnail,
+    make_title,
 )
 from vlassist.store.schema import (
     MIGRATIONS,
@@ -45,26 +46,7 @@ __all__ = ["DB_NAME", "FINAL_STATUSES", "LOCAL_OWNER", "MIGRATIONS", "SCHEMA_VER
            "StoredMessage", "make_thumbnail", "make_title", "migrate", "open_engine", "schema_version"]
 
 DB_NAME = "history.sqlite3"
-THUMBNAIL_SIDE = 320
-TITLE_LENGTH = 80
 LOCAL_OWNER = "local"
-
-
-def make_title(text_: str, fallback: str = "Image question") -> str:
-    """A conversation title from the first question: its first line, shortened."""
-    line = next((ln.strip() for ln in text_.splitlines() if ln.strip()), "")
-    if not line:
-        return fallback
-    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
-
-
-def make_thumbnail(image: PILImage.Image, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A JPEG thumbnail whose longer side is at most `side` pixels."""
-    thumb = image.convert("RGB")
-    thumb.thumbnail((side, side), PILImage.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    thumb.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
 
 
 def _sizing(link: MessageImage, original: tuple[int, int]) -> Sizing | None:
@@ -85,6 +67,7 @@ class History:
         self.engine = engine
         self.folder = folder
         self.read_only = read_only  # True: history is readable, every write raises StorageError
+        self.read_only_reason = ""  # why, when opening for writing failed
         # A current database needs no write lock to open: many processes start at once without queueing here.
         if not read_only and schema_version(engine) < SCHEMA_VERSION:
             migrate(engine)
@@ -105,11 +88,15 @@ class History:
             except FAULTS as exc:
                 if engine is not None:
                     engine.dispose()
-                if is_read_only(exc):
-                    return cls._open_read_only(folder)
-                if not is_busy(exc) or attempt == LOCK_RETRIES:
+                if is_busy(exc) and attempt < LOCK_RETRIES:
+                    backoff(attempt)
+                    continue
+                if not (is_read_only(exc) or (folder / DB_NAME).exists()):
                     raise storage_error(exc, folder) from exc
-                backoff(attempt)
+                # Unwritable (read-only, full disk, …) but readable: open to read, and say why nothing saves.
+                history = cls._open_read_only(folder)
+                history.read_only_reason = str(storage_error(exc, folder))
+                return history
         raise AssertionError("unreachable")
 
     @classmethod
@@ -250,27 +237,41 @@ class OwnerStore:
     @guarded(write=True)
     def add_user_message(self, conversation_id: int, text_: str, images: Sequence[NewImage] = ()) -> int:
         """Store the user's turn and its images (each image once, by sha256); return the message id."""
-        now = time.time()
         # Encoded before the transaction: the write lock is held for the inserts only, not for image work.
         thumbs = {new.loaded.sha256: make_thumbnail(new.loaded.image) for new in images}
         with Session(self.engine) as session, session.begin():
-            conv = self._require(session, conversation_id)
-            message = Message(conversation_id=conv.id, position=self._next_position(session, conv.id), role="user",
-                              text=text_, status="complete", created_at=now)
-            session.add(message)
-            session.flush()
-            for position, new in enumerate(images):
-                sha = new.loaded.sha256
-                if session.get(Image, sha) is None:
-                    width, height = new.loaded.size
-                    session.add(Image(sha256=sha, format=new.loaded.format, width=width, height=height,
-                                      nbytes=len(new.data), data=new.data,
-                                      thumbnail=thumbs[sha], created_at=now))
-                    session.flush()
-                session.add(MessageImage(message_id=message.id, position=position, sha256=sha,
-                                         name=(new.name or f"image-{position + 1}")[:255]))
-            conv.updated_at = now
-            return message.id
+            return self._insert_question(session, conversation_id, text_, images, thumbs).id
+
+    @guarded(write=True)
+    def add_question(self, conversation_id: int, text_: str, images: Sequence[NewImage] = (), *,
+                     preset: str | None = None, options: GenerationOptions | dict | None = None,
+                     model_family: str | None = None, model: str | None = None) -> tuple[int, int]:
+        """Store a question and its empty "running" answer in one transaction (both or neither); their ids."""
+        thumbs = {new.loaded.sha256: make_thumbnail(new.loaded.image) for new in images}
+        with Session(self.engine) as session, session.begin():
+            question = self._insert_question(session, conversation_id, text_, images, thumbs)
+            answer = self._new_answer(session, conversation_id, "", "running", preset, options, model_family, model)
+            return question.id, answer.id
+
+    def _insert_question(self, session: Session, conversation_id: int, text_: str, images: Sequence[NewImage],
+                         thumbs: dict[str, bytes]) -> Message:
+        now = time.time()
+        conv = self._require(session, conversation_id)
+        message = Message(conversation_id=conv.id, position=self._next_position(session, conv.id), role="user",
+                          text=text_, status="complete", created_at=now)
+        session.add(message)
+        session.flush()
+        for position, new in enumerate(images):
+            sha = new.loaded.sha256
+            if session.get(Image, sha) is None:
+                width, height = new.loaded.size
+                session.add(Image(sha256=sha, format=new.loaded.format, width=width, height=height,
+                                  nbytes=len(new.data), data=new.data, thumbnail=thumbs[sha], created_at=now))
+                session.flush()
+            session.add(MessageImage(message_id=message.id, position=position, sha256=sha,
+                                     name=(new.name or f"image-{position + 1}")[:255]))
+        conv.updated_at = now
+        return message
 
     @guarded(write=True)
     def add_assistant_message(self, conversation_id: int, text_: str, status: str, *, preset: str | None = None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
+
+from PIL import Image as PILImage
 
 from vlassist.conversation import Stats
 from vlassist.images import LoadedImage, Sizing
@@ -76,3 +79,24 @@ class NewImage:
     data: bytes
     loaded: LoadedImage
     name: str
+
+
+THUMBNAIL_SIDE = 320
+TITLE_LENGTH = 80
+
+
+def make_title(text_: str, fallback: str = "Image question") -> str:
+    """A conversation title from the first question: its first line, shortened."""
+    line = next((ln.strip() for ln in text_.splitlines() if ln.strip()), "")
+    if not line:
+        return fallback
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def make_thumbnail(image: PILImage.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A JPEG thumbnail whose longer side is at most `side` pixels."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((side, side), PILImage.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=85)
+    return buf.getvalue()

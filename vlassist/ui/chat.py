@@ -182,10 +182,12 @@ def _load_stored(ref: ImageRef, store: OwnerStore) -> LoadedImage | None:
 
 
 def render_conversation(conversation: StoredConversation | None, store: OwnerStore, engine,
-                        options: GenerationOptions, service: AnswerService) -> dict | None:
+                        options: GenerationOptions, service: AnswerService,
+                        following: list[live.LiveAnswer]) -> dict | None:
     """Every stored message of the open conversation, in order; return a zoom-in request made on this run.
 
-    An answer still being written is drawn live from its job, on its own timer, so nothing here waits for it.
+    An answer still being written gets a placeholder, added to `following`, that `live.follow()` keeps current
+    once the rest of the page is drawn; nothing here waits for it.
     """
     if conversation is None:
         st.caption("Paste a screenshot (Ctrl+V in the box below), drop or attach images, pick a task or "
@@ -202,10 +204,12 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
             job = service.job_for_message(message.id)
             if job is None:
                 live.render_orphan(message.text)
+            elif job.done and job.saved is False:
+                live.render_unsaved(job)
+            elif job.done:
+                st.rerun()  # it ended while this run read the history: read it again
             else:
-                # Its own container: Streamlit tells fragments apart by the container they are called in.
-                with st.container():
-                    live.render_job(service, job.id, engine.info.device)
+                following.append(live.render_job(service, job, engine.info.device))
         else:
             zoom = render_assistant_message(message, lambda q=question: result_images(q, store))
             request = request or zoom

@@ -1,48 +1,71 @@
-"""Answers being written elsewhere (the answer service), shown live: queue position, thinking, text, Stop."""
+"""Answers being written elsewhere (the answer service), shown live: queue position, thinking, text, Stop.
+
+Each live answer gets a placeholder where the conversation is drawn; after the rest of the page is drawn,
+`follow()` refreshes the placeholders from their jobs until every one has ended, then reruns the page to show
+them as stored. Any click, send or reload interrupts that loop, which is harmless: the jobs run in the service,
+not in this script run.
+"""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import streamlit as st
 
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
 
-REFRESH_S = 0.4  # how often a live answer is redrawn; the text itself comes from the job, never from this run
+POLL_S = 0.15  # how often placeholders are checked; they are redrawn only when what they show has changed
 
 
-def _wait_words(service: AnswerService, job: Job, device: str) -> str:
-    what = "the GPU" if device == "cuda" else "the model"
-    position = service.position(job)
-    text = f"Waiting — position {position} in the queue for {what}"
-    estimate = service.estimate_s(job)
-    if estimate is not None:
-        text += f", starts in about {max(1, round(estimate))} s"
-    return text + "."
+@dataclass
+class LiveAnswer:
+    """A placeholder on the page and the job whose progress it shows."""
+
+    job_id: str
+    body: object  # the st.empty() placeholder
 
 
-@st.fragment(run_every=REFRESH_S)
-def render_job(service: AnswerService, job_id: str, device: str) -> None:
-    """One answer in progress, redrawn on its own until it ends; then the page reruns to show it as stored."""
-    job = service.get(job_id)
-    if job is None or job.done:
-        reran = st.session_state.setdefault("reran_for_jobs", set())
-        if job_id not in reran:
-            reran.add(job_id)
-            st.rerun()  # the stored message now holds the final text and status
-        if job is not None:  # still "running" in the store after a rerun: the final write failed
-            with st.chat_message("assistant"):
-                st.markdown(job.text)
-                st.warning("This answer could not be saved to the history; copy it if you need it.")
-        return
+def _view(service: AnswerService, job: Job, device: str) -> tuple:
+    """What a live answer shows now, as a comparable value."""
+    if job.state == "queued":
+        what = "the GPU" if device == "cuda" else "the model"
+        text = f"Waiting — position {service.position(job)} in the queue for {what}"
+        estimate = service.estimate_s(job)
+        if estimate is not None:
+            text += f", starts in about {max(1, round(estimate))} s"
+        return ("queued", text + ".")
+    if not job.text:
+        return ("thinking", "Thinking…")
+    return ("text", job.text + " ▍")
+
+
+def _draw(body, view: tuple) -> None:
+    kind, text = view
+    if kind == "queued":
+        body.info(text, icon=":material/hourglass_top:")
+    elif kind == "thinking":
+        body.caption(text)
+    else:
+        body.markdown(text)
+
+
+def render_job(service: AnswerService, job: Job, device: str) -> LiveAnswer:
+    """A live answer's bubble: its current state in a placeholder, and a Stop button."""
     with st.chat_message("assistant"):
-        if job.state == "queued":
-            st.info(_wait_words(service, job, device), icon=":material/hourglass_top:")
-        elif not job.text:
-            st.caption("Thinking…")
-        else:
-            st.markdown(job.text + " ▍")
-        st.button("Stop", key=f"stop_{job_id}", icon=":material/stop_circle:", on_click=service.cancel,
-                  args=(job_id,), help="End this answer now; the text so far is kept")
+        body = st.empty()
+        _draw(body, _view(service, job, device))
+        st.button("Stop", key=f"stop_{job.id}", icon=":material/stop_circle:", on_click=service.cancel,
+                  args=(job.id,), help="End this answer now; the text so far is kept")
+    return LiveAnswer(job.id, body)
+
+
+def render_unsaved(job: Job) -> None:
+    """An answer that ended but whose final text the history did not take (e.g. the disk filled up)."""
+    with st.chat_message("assistant"):
+        st.markdown(job.text)
+        st.warning("This answer could not be saved to the history; copy it if you need it.")
 
 
 def render_orphan(text: str) -> None:
@@ -51,3 +74,24 @@ def render_orphan(text: str) -> None:
         if text:
             st.markdown(text)
         st.caption("Being written by another vlassist process; reload to see more.")
+
+
+def follow(answers: list[LiveAnswer], service: AnswerService, device: str) -> None:
+    """Keep the live answers' placeholders current until all have ended, then rerun to show them stored."""
+    if not answers:
+        return
+    shown: dict[str, tuple] = {}
+    while True:
+        running = False
+        for answer in answers:
+            job = service.get(answer.job_id)
+            if job is None or job.done:
+                continue
+            running = True
+            view = _view(service, job, device)
+            if shown.get(answer.job_id) != view:
+                _draw(answer.body, view)
+                shown[answer.job_id] = view
+        if not running:
+            st.rerun()
+        time.sleep(POLL_S)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
 
 from vlassist.config import Settings, load_settings
-from vlassist.errors import ConfigError, ModelNotFoundError, VlassistError
+from vlassist.errors import ConfigError, ModelNotFoundError, StorageError, VlassistError
 from vlassist.service.answering import AnswerService
 from vlassist.service.limits import default_admission
 from vlassist.store.history import LOCAL_OWNER, History
 
 MAX_OWNER_LENGTH = 200
+log = logging.getLogger(__name__)
 
 
 def settings_or_stop() -> Settings:
@@ -27,14 +29,32 @@ def settings_or_stop() -> Settings:
 @st.cache_resource(show_spinner=False)
 def _history(data_dir: str) -> History:
     history = History.open(data_dir)
-    # Answers that were being written when the last server process ended: keep their text, mark them stopped.
-    history.mark_running_interrupted()
+    if not history.read_only:
+        try:
+            # Answers that were being written when the last server process ended: keep their text, mark them
+            # stopped. A full disk must not keep the page from opening the history to read it.
+            history.mark_running_interrupted()
+        except StorageError:
+            log.warning("could not mark interrupted answers", exc_info=True)
     return history
 
 
 def history(settings: Settings) -> History:
     """The history database under VLASSIST_DATA_DIR, opened once per process and shared by every session."""
-    return _history(str(settings.data_dir.resolve()))
+    try:
+        return _history(str(settings.data_dir.resolve()))
+    except StorageError as exc:
+        st.title("vlassist")
+        st.error(f"**The conversation history cannot be opened.** {exc}", icon=":material/database:")
+        st.stop()
+
+
+def read_only_notice(history_: History) -> None:
+    """Say, above everything, that conversations can be read but nothing new can be saved."""
+    if history_.read_only:
+        why = history_.read_only_reason or f"the data folder `{history_.folder}` cannot be written"
+        st.warning(f"**History is read-only:** {why}. You can read and export conversations; new questions "
+                   "cannot be saved until that is fixed and the app is restarted.", icon=":material/lock:")
 
 
 @st.cache_resource(show_spinner=False)

@@ -44,10 +44,15 @@ def _gb(value: float) -> str:
     return f"{value:.1f} GiB"
 
 
-def render_model_status(engine) -> None:
-    """Which model is loaded, on what, with which attention and why, and the memory in use."""
+def render_model_status(engine, service=None) -> None:
+    """Which model answers, on what, with which attention and why, the memory in use and the queue."""
     info = engine.info
     with st.expander("Model status", expanded=False):
+        if getattr(info, "server", None):  # a remote OpenAI-compatible server answers, not a local model
+            st.markdown(f"**Server** `{info.server}` (remote)  \n**Model** `{info.model_dir}`  \n"
+                        f"**Family** {info.family}  \n**Latency** {info.latency_s * 1000:.0f} ms when connecting")
+            _render_queue(engine, service)
+            return
         st.markdown(
             f"**Model** `{Path(info.model_dir).name}`  \n"
             f"**Family** {info.family}  \n"
@@ -59,4 +64,11 @@ def render_model_status(engine) -> None:
                         f"(model {_gb(memory['allocated_gb'])}, peak {_gb(memory['peak_gb'])})")
         elif "weights_gb" in memory:
             st.markdown(f"**Memory** weights {_gb(memory['weights_gb'])} (CPU, no VRAM)")
-        st.caption("Generating an answer now" if engine.busy else "Idle")
+        _render_queue(engine, service)
+
+
+def _render_queue(engine, service) -> None:
+    waiting = service.queued if service is not None else 0
+    busy = engine.busy or (service is not None and service.running)
+    state = "Generating an answer now" if busy else "Idle"
+    st.caption(f"{state} · {waiting} waiting" if waiting else state)

@@ -6,10 +6,11 @@ from datetime import datetime
 
 import streamlit as st
 
+from vlassist.errors import StorageError
 from vlassist.service.answering import AnswerService
 from vlassist.store import export
 from vlassist.store.history import OwnerStore, StoredConversation
-from vlassist.ui.chat import CONVERSATION_KEY
+from vlassist.ui.chat import CONVERSATION_KEY, flash
 from vlassist.ui.tasks import PRESET_KEY
 
 
@@ -41,12 +42,19 @@ def render_conversation_list(store: OwnerStore) -> None:
 def _rename(store: OwnerStore, conversation_id: int) -> None:
     title = st.session_state.get(f"rename_{conversation_id}", "")
     if title.strip():
-        store.rename(conversation_id, title)
+        try:
+            store.rename(conversation_id, title)
+        except StorageError as exc:
+            flash("error", f"Not renamed — {exc}")
 
 
 def _delete(store: OwnerStore, service: AnswerService, conversation_id: int) -> None:
+    try:
+        store.delete(conversation_id)
+    except StorageError as exc:
+        flash("error", f"Not deleted — {exc}")
+        return
     service.cancel_conversation(conversation_id)  # its queued or running answers have nowhere to go
-    store.delete(conversation_id)
     _open(None)
 
 

@@ -1,0 +1,1 @@
+"""`vlassist batch`: one task over folders of images and PDF pages, into resumable JSONL or CSV."""
