@@ -42,8 +42,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(checkpoint, data, **env_extra):
-    """Start `streamlit run qwen_vl_app.py` on a free loopback port; return (process, url, log file)."""
+def serve(checkpoint, data, wrap: tuple[str, ...] = (), **env_extra):
+    """Start the app on a free loopback port (under `wrap`, e.g. prlimit); return (process, url, log file)."""
     port = free_port()
     env = {**os.environ, "VLASSIST_MODEL_DIR": str(checkpoint), "VLASSIST_DEVICE": "cpu",
            "VLASSIST_DATA_DIR": str(data), "VLASSIST_STREAM_TIMEOUT_S": "60", **env_extra}
@@ -51,7 +51,7 @@ def serve(checkpoint, data, **env_extra):
         env.pop("VLASSIST_USER_HEADER", None)
     log = open(data / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vlassist.ui.launch", "--server.headless", "true",
+        [*wrap, sys.executable, "-m", "vlassist.ui.launch", "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -58,9 +58,13 @@ def set_length(tab, tokens: str) -> None:
     tab.get_by_text("Settings", exact=True).click()
     slider = tab.locator('[data-testid="stSlider"]', has_text="Answer length").get_by_role("slider")
     slider.focus()
-    while slider.get_attribute("aria-valuetext") != tokens:
+    slider.press("Home")  # the shortest length, then step up to the one wanted
+    for _ in range(20):
+        if slider.get_attribute("aria-valuetext") == tokens:
+            return
         slider.press("ArrowRight")
         tab.wait_for_timeout(50)
+    raise AssertionError(f"the answer-length slider has no {tokens}")
 
 
 def ask(tab, question: str, image: bool = True) -> None:
@@ -217,5 +221,29 @@ def test_killed_server_keeps_the_partial_answer_marked_interrupted(browser, tiny
         # What the page showed before the kill was stored, up to the last write (about a second behind).
         assert len(answer.text) >= len(shown) - 600 and shown.startswith(answer.text.strip()[:len(shown) - 600])
         context.close()
+    finally:
+        stop(proc, log)
+
+
+def test_a_200k_character_question_is_refused_and_others_are_served(browser, tiny_qwen25, tmp_path):
+    """Under an 8 GiB limit, one tab's 200k-character question gets a message and keeps its text; another is served."""
+    import shutil
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    proc, url, log = serve(tiny_qwen25, tmp_path, wrap=("prlimit", f"--as={8 * 2**30}"))
+    try:
+        (context_a, tab_a), (context_b, tab_b) = open_tab(browser, url), open_tab(browser, url)
+        huge = "Describe every detail of this picture once more. " * 4100
+        tab_a.locator(TEXTAREA).fill(huge)
+        tab_a.locator(TEXTAREA).press("Enter")
+        tab_a.get_by_text("Not sent").wait_for(timeout=60_000)
+        assert "over the limit" in tab_a.locator('[data-testid="stAlert"]').first.inner_text()
+        assert tab_a.locator(TEXTAREA).input_value() == huge.strip()  # given back for editing
+        ask(tab_b, "A short question", image=False)
+        tab_b.locator(ASSISTANT).last.get_by_text(FINISHED).wait_for(timeout=120_000)
+        assert proc.poll() is None
+        context_a.close()
+        context_b.close()
     finally:
         stop(proc, log)

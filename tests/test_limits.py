@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -95,3 +96,36 @@ def test_cli_refuses_a_follow_up_over_the_context(tiny_qwen25, png_file):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "start a new conversation" in done.stderr
+
+
+HUGE = "Describe every detail of this picture once more. " * 4100  # ~200,000 characters
+
+
+def under_8_gib(command: list[str]) -> list[str]:
+    """`command` under an 8 GiB address-space limit (prlimit), as the issue's reference run."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    return ["prlimit", f"--as={8 * 2**30}", *command]
+
+
+def test_cli_refuses_a_200k_character_question_under_8_gib(tiny_qwen25, png_file):
+    """Under an 8 GiB limit, a 200k-character question (read from stdin) ends the CLI with exit 2 and one line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLASSIST_")}
+    env.update(VLASSIST_DEVICE="cpu")
+    done = subprocess.run(under_8_gib([sys.executable, "-m", "vlassist", "ask", "--model", str(tiny_qwen25),
+                                       str(png_file), "-p", "-"]),
+                          cwd=ROOT, env=env, input=HUGE, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "over the limit" in done.stderr
+
+
+def test_cli_refuses_a_200k_character_follow_up_under_8_gib(tiny_qwen25, png_file):
+    """Under an 8 GiB limit, a short question is answered and a 200k-character follow-up is refused in one line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLASSIST_")}
+    env.update(VLASSIST_DEVICE="cpu", VLASSIST_MAX_QUESTION_CHARS="1000000")  # let the token count decide
+    done = subprocess.run(under_8_gib([sys.executable, "-m", "vlassist", "ask", "--model", str(tiny_qwen25),
+                                       str(png_file), "-p", "Describe", "-p", "-", "--max-new-tokens", "4"]),
+                          cwd=ROOT, env=env, input=HUGE, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.strip()  # the first answer came
+    assert done.stderr.count("\n") == 1 and "tokens" in done.stderr and "limit" in done.stderr

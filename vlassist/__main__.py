@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     ask.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
     ask.add_argument("--prompt", "-p", action="append",
-                     help="a question; repeat for follow-up questions in the same conversation")
+                     help="a question; repeat for follow-up questions in the same conversation; "
+                          "'-' reads one from standard input (for long texts)")
     ask.add_argument("--preset", help="task preset (describe, ocr, json, table, chart, html, grounding) as the "
                                       "first question when no --prompt is given")
     ask.add_argument("--target", default="object", help="what the grounding preset looks for")
@@ -108,6 +109,8 @@ def cmd_ask(args) -> int:
     schema_text = _schema_text(args)
     from vlassist.service.limits import check_question
 
+    if args.prompt:
+        args.prompt = [sys.stdin.read() if prompt == "-" else prompt for prompt in args.prompt]
     for prompt in args.prompt or []:
         check_question(prompt, settings.max_question_chars)  # before anything is loaded
     images = _read_images(args.images)  # bad images fail before the model is loaded

@@ -3,7 +3,9 @@
 Each live answer gets a placeholder where the conversation is drawn; after the rest of the page is drawn,
 `follow()` refreshes the placeholders from their jobs until every one has ended, then reruns the page to show
 them as stored. Any click, send or reload interrupts that loop, which is harmless: the jobs run in the service,
-not in this script run.
+not in this script run. (A fragment on a timer would rerun Streamlit's per-run machinery several times a second,
+which on a small CPU starves the thread generating the answer of the interpreter lock; redrawing placeholders
+from one loop costs almost nothing.)
 """
 
 from __future__ import annotations
