@@ -54,8 +54,12 @@ def test_greedy_answer_matches_the_stock_path(engine):
 
 
 def test_language_model_keeps_its_attention(engine):
-    """Only the vision config is switched; the text model still uses SDPA."""
-    assert engine.model.config.get_text_config()._attn_implementation == "sdpa"
+    """The vision switch leaves the text model alone: it uses SDPA without a dense mask, not the vision one."""
+    from vlassist.engine import attention
+
+    text, vision = engine.model.config.get_text_config(), engine.model.config.vision_config
+    assert text._attn_implementation == attention.NAME
+    assert vision._attn_implementation not in (attention.NAME, "sdpa")
 
 
 @pytest.mark.parametrize("size", [(200, 130), (96, 64)])
