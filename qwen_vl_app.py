@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from vlassist.ui import chat, launch, live, resources, settings_panel, sidebar, tasks
+from vlassist.ui import attach, chat, launch, live, resources, settings_panel, sidebar, tasks
 
 launch.keep_local()  # also under a plain `streamlit run`: no address lookups off the machine
 
@@ -26,13 +26,13 @@ with st.sidebar:
 
 st.subheader(conversation.title if conversation else "New conversation")
 resources.read_only_notice(history)
-chat.show_flash()
 following: list = []  # answers still being written, drawn live at the end of this run
 zoom = chat.render_conversation(conversation, store, engine, options, service, following)
 tasks.render_presets(engine.info.family)
 tasks.render_task_options(engine.info.family)
 chat.restore_pending_text()
-chat.show_held_images()
+attach.render(engine, options)  # attached images and PDF pages, with their sizes, before Send
+chat.show_flash()  # a refusal or error from the last run, right above the chat box it is about
 submission = chat.chat_input()
 if zoom:
     chat.ask_zoom(zoom, engine, service, store, options)

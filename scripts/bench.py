@@ -362,6 +362,31 @@ def vision_ms(engine, image):
     return result
 
 
+def make_engine(args, env: dict, cuda: bool):
+    """(engine, weights label): a real or tiny checkpoint, else the 7B architecture at random weights, warmed up."""
+    started = time.perf_counter()
+    if args.model or args.tiny:
+        folder = Path(args.model) if args.model else _tiny_dir()
+        engine = load_engine(load_settings(dict(env, VLASSIST_MODEL_DIR=str(folder))))
+        weights = "real" if args.model else "tiny random"
+    else:
+        tiny = _tiny_dir()
+        model = random_7b(tiny, "cuda" if cuda else "cpu")
+        _sync()
+        settings = load_settings(dict(env, VLASSIST_MODEL_DIR=str(tiny)))
+        info = ModelInfo(model_dir="random Qwen2.5-VL-7B architecture", family="qwen2_5_vl",
+                         device="cuda" if cuda else "cpu", dtype="bfloat16", attn="sdpa", attn_reason="benchmark",
+                         factor=28, min_pixels=56 * 56, load_s=time.perf_counter() - started,
+                         parameters=sum(p.numel() for p in model.parameters()),
+                         versions={"torch": torch.__version__, "transformers": transformers.__version__})
+        use_varlen(model)  # what the loader does for an SDPA model on CUDA
+        info.fused = fuse_projections(model) if cuda and not args.no_fuse else ""
+        engine = Engine(model, _processor(settings), info, settings)
+        warm_up(engine)  # what load_engine does after loading: compile (into the kept cache), capture
+        weights = "random"
+    return engine, weights
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoint instead of the 7B architecture")
@@ -389,26 +414,16 @@ def main(argv=None) -> int:
     env = {"VLASSIST_DEVICE": "cuda" if cuda else "cpu", "VLASSIST_COMPILE": args.compile,
            "VLASSIST_DECODE_CONTEXT": "8192", "VLASSIST_MAX_IMAGE_TOKENS": "16384",
            "VLASSIST_CACHE_DIR": args.cache_dir or str(ROOT / ".bench" / "cache")}
-    started = time.perf_counter()
-    if args.model or args.tiny:
-        folder = Path(args.model) if args.model else _tiny_dir()
-        engine = load_engine(load_settings(dict(env, VLASSIST_MODEL_DIR=str(folder))))
-        weights = "real" if args.model else "tiny random"
-    else:
-        tiny = _tiny_dir()
-        model = random_7b(tiny, "cuda" if cuda else "cpu")
-        _sync()
-        settings = load_settings(dict(env, VLASSIST_MODEL_DIR=str(tiny)))
-        info = ModelInfo(model_dir="random Qwen2.5-VL-7B architecture", family="qwen2_5_vl",
-                         device="cuda" if cuda else "cpu", dtype="bfloat16", attn="sdpa", attn_reason="benchmark",
-                         factor=28, min_pixels=56 * 56, load_s=time.perf_counter() - started,
-                         parameters=sum(p.numel() for p in model.parameters()),
-                         versions={"torch": torch.__version__, "transformers": transformers.__version__})
-        use_varlen(model)  # what the loader does for an SDPA model on CUDA
-        info.fused = fuse_projections(model) if cuda and not args.no_fuse else ""
-        engine = Engine(model, _processor(settings), info, settings)
-        warm_up(engine)  # what load_engine does after loading: compile (into the kept cache), capture
-        weights = "random"
+    engine, weights = make_engine(args, env, cuda)
+    during = None
+    if engine.upgrade is not None:  # auto: the graph step serves while the compiled one is built beside it
+        _, stats = answer(engine, [Turn("user", "warm", [_image(SIZES["1024x1024"], 99)])],
+                          GenerationOptions(max_new_tokens=args.tokens, min_new_tokens=args.tokens,
+                                            max_image_tokens=16384))
+        during = {"decode": engine.info.decode, "ttft_ms": 1000 * stats.ttft_s, "decode_tok_s": stats.tokens_per_s,
+                  "tokens": stats.new_tokens}
+        print(f"answer while compiling: {json.dumps(during)}", flush=True)
+        engine.upgrade.wait()
     info = engine.info
     print(f"loaded in {info.load_s:.1f} s, warm-up {info.warmup_s:.1f} s, ready {info.ready_s:.1f} s after process"
           f" start, decode={info.decode} ({info.decode_reason}); compile cache: {info.compile_cache}", flush=True)
@@ -428,7 +443,9 @@ def main(argv=None) -> int:
         "prefill_buckets": getattr(engine.fast, "prefill_sizes", None),
         "prefill_graphs": len(getattr(engine.fast, "pf_graphs", {})),
         "prefill_capture_s": getattr(engine.fast, "prefill_s", None), "load_s": info.load_s,
-        "warmup_s": info.warmup_s, "ready_s": info.ready_s, "compile_cache": info.compile_cache, "fused": info.fused,
+        "warmup_s": info.warmup_s, "ready_s": info.ready_s, "upgraded_s": info.upgraded_s,
+        "upgrade_error": engine.upgrade.error if engine.upgrade else None, "answer_while_compiling": during,
+        "compile_cache": info.compile_cache, "fused": info.fused,
         "rows": rows,
         "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }
@@ -450,7 +467,8 @@ def main(argv=None) -> int:
                               "done_after_start_s": process_age_s()}
     out.write_text(json.dumps(result, indent=2))
     if args.ready_only:
-        print(f"ready {info.ready_s:.1f} s (load {info.load_s:.1f} + warm-up {info.warmup_s:.1f}); first answer TTFT"
+        print(f"ready {info.ready_s:.1f} s (load {info.load_s:.1f} + warm-up {info.warmup_s:.1f}); compiled step"
+              f" serving {info.upgraded_s:.1f} s after start; first answer TTFT"
               f" {1000 * stats.ttft_s:.0f} ms; compile cache: {info.compile_cache}; {result['compile_cache_record']}")
         return 0
     for name, image in images.items():
@@ -497,7 +515,7 @@ def summary(result, images, args, out: Path) -> None:
     peaks = result["peak_gb"] if "error" not in result["peak_gb"] else {"engine": None}
     print(f"\n{result['device']} | {result['weights']} weights | torch {torch.__version__} | transformers"
           f" {transformers.__version__} | decode {result['decode']} | load {result['load_s']:.1f} s + warm-up"
-          f" {result['warmup_s']:.1f} s | ready {result['ready_s']:.1f} s")
+          f" {result['warmup_s']:.1f} s | ready {result['ready_s']:.1f} s | compiled step {result['upgraded_s']:.1f} s")
     print(f"{'image':>10} {'tokens':>6} | {'TTFT ms':>16} | {'follow-up TTFT ms':>18} | {'decode tok/s':>16} |"
           f" {'vision ms':>9}")
     print(f"{'':>10} {'':>6} | {'engine  baseline':>16} | {'engine  baseline':>18} | {'engine  baseline':>16} |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -181,3 +182,49 @@ def test_html_without_fence():
 def test_no_html_in_prose():
     """An answer without markup has no HTML."""
     assert extract_html("I cannot reproduce this interface.") is None
+
+
+DATED = {"type": "object", "properties": {"vendor": {"type": "string"},
+                                          "due": {"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]},
+                                          "seen": {"type": "string", "format": "date-time"}}}
+
+
+def test_impossible_date_is_flagged_not_rejected():
+    """A date field holding "6320-71-71" keeps the document valid but flags that field and value."""
+    result = extract_json('{"vendor": "ACME", "due": "6320-71-71"}', DATED)
+    assert result.valid
+    assert [(f.path, f.value) for f in result.flags] == [("due", "6320-71-71")]
+
+
+def test_real_dates_and_nulls_are_not_flagged():
+    """A real calendar date (a leap day included) and a null date raise no flag."""
+    assert extract_json('{"due": "2024-02-29", "seen": "2024-02-29T23:59:59Z"}', DATED).flags == ()
+    assert extract_json('{"due": null}', DATED).flags == ()
+
+
+def test_day_past_the_month_end_is_flagged():
+    """February 29th of a common year is flagged although every digit is in range."""
+    assert [f.value for f in extract_json('{"due": "2023-02-29"}', DATED).flags] == ["2023-02-29"]
+
+
+def test_other_iso_spellings_of_a_date_are_flagged():
+    """Only YYYY-MM-DD counts as a date: the basic 20240229 and week 2024-W09-4 forms are flagged."""
+    for text in ("20240229", "2024-W09-4"):
+        assert len(extract_json(json.dumps({"due": text}), DATED).flags) == 1, text
+
+
+def test_impossible_date_time_is_flagged():
+    """A date-time with hour 25 is flagged with its path."""
+    assert [f.path for f in extract_json('{"seen": "2024-01-01T25:00:00Z"}', DATED).flags] == ["seen"]
+
+
+def test_flags_name_nested_values_by_their_table_path():
+    """A bad date inside a list of objects is flagged under the same dotted path the field table shows."""
+    schema = {"type": "array", "items": {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}
+    result = extract_json('[{"d": "2024-01-01"}, {"d": "2024-13-01"}]', schema)
+    assert [f.path for f in result.flags] == ["[1].d"] and "[1].d" in dict(flatten(result.value))
+
+
+def test_no_schema_means_no_flags():
+    """Without a schema nothing is known about formats, so a date-like string is not flagged."""
+    assert extract_json('{"due": "6320-71-71"}').flags == ()

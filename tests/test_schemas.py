@@ -29,3 +29,24 @@ def test_bad_field_lists_are_refused(fields):
     """Empty lists, repeated names and unknown types are refused with a message."""
     with pytest.raises(VlassistError):
         fields_schema(fields)
+
+
+def test_date_fields_carry_the_date_format():
+    """A `name:date` field is a string with JSON Schema's "date" format, so checkers and grammars know it."""
+    schema = fields_schema("vendor, due:date")
+    [date_branch] = [s for s in schema["properties"]["due"]["anyOf"] if s.get("type") == "string"]
+    assert date_branch["format"] == "date"
+    assert "format" not in schema["properties"]["vendor"]["anyOf"][0]
+
+
+def test_date_format_compiles_to_a_calendar_grammar():
+    """xgrammar compiles the date field's schema, takes a real date and refuses month 71 (the format is honoured)."""
+    import json
+
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    grammar = xgr.Grammar.from_json_schema(json.dumps(fields_schema("due:date")), any_whitespace=False,
+                                           strict_mode=True)
+    assert accepts(grammar, '{"due": "2024-01-31"}') and accepts(grammar, '{"due": null}')
+    assert not accepts(grammar, '{"due": "6320-71-71"}')

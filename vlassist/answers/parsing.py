@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass
@@ -122,14 +123,28 @@ def _tuple_boxes(text: str) -> list[tuple[str, tuple[float, float, float, float]
 # ---- JSON -------------------------------------------------------------------------------------------------
 
 
+class FieldFlag(NamedTuple):
+    """A value of the right type that is not what its format says, e.g. "6320-71-71" for a date."""
+
+    path: str  # dotted, as flatten() names it
+    value: Any
+    reason: str
+
+
 @dataclass(frozen=True)
 class JsonResult:
-    """A JSON value found in an answer, whether it needed repair, and schema errors (empty when valid)."""
+    """A JSON value found in an answer, whether it needed repair, schema errors (empty when valid), and flags.
+
+    `errors` are about the document's shape (types, required keys, patterns); `flags` name values that have
+    that shape but fail their format (a date that is not a real date): the document is still usable, those
+    values need checking.
+    """
 
     value: Any
     repaired: bool
     errors: tuple[str, ...] = ()
     text: str = ""  # the document as JSON text: the model's own when it needed no repair (digits kept exactly)
+    flags: tuple[FieldFlag, ...] = ()
 
     @property
     def valid(self) -> bool:
@@ -173,7 +188,9 @@ def extract_json(text: str, schema: dict | str | None = None) -> JsonResult | No
     if not isinstance(value, (dict, list)) and (repaired or value is None):
         return None  # a repaired scalar is prose that json-repair quoted, not an answer
     errors = validation_errors(value, schema) if schema is not None else ()
-    return JsonResult(value, repaired, errors, candidate if not repaired else json.dumps(value, ensure_ascii=False))
+    flags = format_flags(value, schema) if schema is not None else ()
+    return JsonResult(value, repaired, errors, candidate if not repaired else json.dumps(value, ensure_ascii=False),
+                      flags)
 
 
 def validation_errors(value: Any, schema: dict | str) -> tuple[str, ...]:
@@ -182,6 +199,65 @@ def validation_errors(value: Any, schema: dict | str) -> tuple[str, ...]:
     validator = jsonschema.validators.validator_for(schema)(schema)
     return tuple(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
                  for e in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))))
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_DATE_TIME = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:\d{2})?")
+
+
+def is_iso_date(value: str) -> bool:
+    """True for a real calendar date written YYYY-MM-DD ("2024-02-29" yes, "2023-02-29" and "6320-71-71" no)."""
+    if not _ISO_DATE.fullmatch(value):
+        return False  # fromisoformat alone would also take 20240229 and 2024-W09-4
+    try:
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_iso_date_time(value: str) -> bool:
+    """True for a real date and time written YYYY-MM-DDTHH:MM[:SS[.f]] with an optional Z or ±HH:MM offset."""
+    if not _ISO_DATE_TIME.fullmatch(value):
+        return False
+    try:
+        datetime.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+_REASONS = {"date": "not a real date (YYYY-MM-DD)", "date-time": "not a real date and time (ISO 8601)"}
+_FORMATS = jsonschema.FormatChecker(formats=())  # only the formats below: others are not checked
+# A non-string is the type check's to report, so the format checks pass it.
+_FORMATS.checks("date")(lambda value: not isinstance(value, str) or is_iso_date(value))
+_FORMATS.checks("date-time")(lambda value: not isinstance(value, str) or is_iso_date_time(value))
+
+
+def format_flags(value: Any, schema: dict | str) -> tuple[FieldFlag, ...]:
+    """Values whose schema gives them a "date" or "date-time" format they do not meet, in document order."""
+    schema = json.loads(schema) if isinstance(schema, str) else schema
+    validator = jsonschema.validators.validator_for(schema)(schema, format_checker=_FORMATS)
+    found: dict[str, FieldFlag] = {}
+
+    def visit(errors) -> None:
+        # A nullable field fails its anyOf as a whole; the format failure is one of the branch errors under it.
+        for error in errors:
+            if error.validator == "format" and error.validator_value in _REASONS:
+                path = _dotted(error.absolute_path)
+                found.setdefault(path, FieldFlag(path, error.instance, _REASONS[error.validator_value]))
+            visit(error.context or ())
+
+    visit(validator.iter_errors(value))
+    order = {path: i for i, (path, _) in enumerate(flatten(value))}
+    return tuple(sorted(found.values(), key=lambda flag: order.get(flag.path, len(order))))
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "value"
 
 
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:

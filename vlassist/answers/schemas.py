@@ -51,7 +51,9 @@ def schema_text(schema_path: Path | None = None, fields: str | None = None, temp
     return json.dumps(schema, ensure_ascii=False)
 
 
-# Field types a user can write as `name:type`; every field may also be null when the image lacks it.
+# Field types a user can write as `name:type`; every field may also be null when the image lacks it. A date
+# carries its JSON Schema format: xgrammar turns it into a month 01-12, day 01-31 grammar, and answers are
+# checked for a real calendar date (parsing.format_flags), which no grammar or pattern can promise.
 FIELD_TYPES = {
     "string": {"type": "string"},
     "text": {"type": "string"},
@@ -60,7 +62,7 @@ FIELD_TYPES = {
     "int": {"type": "integer"},
     "boolean": {"type": "boolean"},
     "bool": {"type": "boolean"},
-    "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+    "date": {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
     "list": {"type": "array", "items": {"type": "string"}},
 }
 

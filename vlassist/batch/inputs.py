@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from vlassist.errors import ImageError, VlassistError
-from vlassist.images import LoadedImage, check_header, load_image, to_rgb
+from vlassist.images import LoadedImage, load_image
+from vlassist.pdf import (
+    DEFAULT_DPI,
+    PDF_SUFFIX,
+    close_pdf,
+    is_pdf,
+    open_pdf,
+    page_count,
+    parse_pages,
+    render_page,
+    select_pages,
+)
+
+__all__ = ["DEFAULT_DPI", "DPI_RANGE", "Item", "Loader", "expand", "parse_pages", "plan_items"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-PDF_SUFFIX = ".pdf"
-DEFAULT_DPI = 150  # A4 at 150 dpi is 1240×1754 px: small print stays legible within the default token budget
 DPI_RANGE = (36, 600)
-POINTS_PER_INCH = 72
 
 
 @dataclass(frozen=True)
@@ -73,33 +81,6 @@ def _walk(folder: Path) -> list[Path]:
                   key=lambda p: p.relative_to(folder).as_posix())
 
 
-def parse_pages(spec: str | None) -> list[tuple[int, int | None]] | None:
-    """`1-3,7,10-` → [(1, 3), (7, 7), (10, None)] (1-based, inclusive; None: to the end); None means all pages."""
-    if spec is None or not spec.strip():
-        return None
-    ranges = []
-    for part in spec.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:(-)\s*(\d*)\s*)?", part)
-        if not match or int(match.group(1)) < 1:
-            raise VlassistError(f"--pages {spec!r}: write page numbers and ranges from 1, e.g. 1-3,7,10-")
-        first = int(match.group(1))
-        last = None if match.group(2) and not match.group(3) else int(match.group(3) or first)
-        if last is not None and last < first:
-            raise VlassistError(f"--pages {spec!r}: the range {part.strip()} runs backwards")
-        ranges.append((first, last))
-    return ranges
-
-
-def _selected(count: int, ranges: list[tuple[int, int | None]] | None) -> list[int]:
-    if ranges is None:
-        return list(range(1, count + 1))
-    return sorted({n for first, last in ranges for n in range(first, min(count, last or count) + 1)})
-
-
-def _is_pdf(path: Path, head: bytes) -> bool:
-    return path.suffix.lower() == PDF_SUFFIX or head.startswith(b"%PDF-")
-
-
 def plan_items(paths: list[Path], pages: list[tuple[int, int | None]] | None) -> list[Item]:
     """Every row the inputs make: files are hashed and PDFs opened (pages counted), nothing is decoded yet."""
     items: list[Item] = []
@@ -111,44 +92,25 @@ def plan_items(paths: list[Path], pages: list[tuple[int, int | None]] | None) ->
             items.append(Item(source, None, error=f"{source}: cannot read ({exc.strerror or exc})"))
             continue
         sha = hashlib.sha256(data).hexdigest()
-        if not _is_pdf(path, data[:5]):
+        if not is_pdf(path.name, data[:5]):
             items.append(Item(source, sha))
             continue
         try:
-            count = _page_count(data)
+            count = page_count(data)
         except ImageError as exc:
             items.append(Item(source, sha, error=f"{source}: {exc}"))
             continue
         if count == 0:
             items.append(Item(source, sha, error=f"{source}: the PDF has no pages"))
             continue
-        items += [Item(source, sha, page=n, pages=count) for n in _selected(count, pages)]
+        items += [Item(source, sha, page=n, pages=count) for n in select_pages(count, pages)]
     return items
-
-
-def _open_pdf(data: bytes):
-    import pypdfium2 as pdfium
-
-    try:
-        return pdfium.PdfDocument(data)
-    except pdfium.PdfiumError as exc:
-        if "password" in str(exc).lower():
-            raise ImageError("the PDF is encrypted (password-protected); save an unprotected copy") from None
-        raise ImageError(f"the PDF is damaged or not a PDF ({exc})") from None
-
-
-def _page_count(data: bytes) -> int:
-    doc = _open_pdf(data)
-    try:
-        return len(doc)
-    finally:
-        doc.close()
 
 
 class Loader:
     """Decodes items into model images; keeps the last PDF open so its pages are not parsed again for each one.
 
-    PDFium is not thread-safe: only the batch's main thread calls this.
+    Meant for one thread (the batch's main one): it holds one open document between calls.
     """
 
     def __init__(self, dpi: int = DEFAULT_DPI):
@@ -162,13 +124,7 @@ class Loader:
         label = f"{item.source} page {item.page}" if item.is_pdf_page else item.source
         if not item.is_pdf_page:
             return load_image(self._read(item), item.source)
-        doc = self._document(item)
-        try:
-            return self._render(doc, item.page, label)
-        except ImageError:
-            raise
-        except Exception as exc:  # noqa: BLE001  pdfium's errors on a broken page, whatever their type
-            raise ImageError(f"{label}: the page cannot be rendered ({type(exc).__name__}: {exc})"[:300]) from None
+        return render_page(self._document(item), item.page, self.dpi, label, " (lower --dpi)")
 
     def _read(self, item: Item) -> bytes:
         try:
@@ -184,34 +140,13 @@ class Loader:
             self.close()
             data = self._read(item)
             try:
-                self._pdf = (item.sha256, _open_pdf(data))
+                self._pdf = (item.sha256, open_pdf(data))
             except ImageError as exc:
                 raise ImageError(f"{item.source}: {exc}") from None
         return self._pdf[1]
 
-    def _render(self, doc, number: int, label: str) -> LoadedImage:
-        page = doc[number - 1]
-        try:
-            width, height = page.get_size()
-            scale = self.dpi / POINTS_PER_INCH
-            # Refused from the page size before rendering, as images are from their header.
-            size = (math.ceil(width * scale), math.ceil(height * scale))
-            try:
-                check_header(size, "RGB", "PDF", 0, f"{label} at {self.dpi} dpi: ")
-            except ImageError as exc:
-                raise ImageError(f"{exc} (lower --dpi)") from None
-            bitmap = page.render(scale=scale)
-            try:
-                image = to_rgb(bitmap.to_pil())
-            finally:
-                bitmap.close()
-        finally:
-            page.close()
-        # The engine keys cached pixels and KV caches by this hash, so it must name the page's pixels, not the file.
-        return LoadedImage(image, "PDF", hashlib.sha256(image.tobytes()).hexdigest(), image.width * image.height * 3)
-
     def close(self) -> None:
         """Close the open PDF, if any."""
         if self._pdf is not None:
-            self._pdf[1].close()
+            close_pdf(self._pdf[1])
             self._pdf = None

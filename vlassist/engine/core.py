@@ -19,6 +19,7 @@ from vlassist.engine.kvcache import PrefixStore
 from vlassist.engine.loader import ModelInfo, load, process_age_s
 from vlassist.engine.sizing import plan_size
 from vlassist.engine.streaming import finish_stats
+from vlassist.engine.upgrade import compile_in_background
 from vlassist.errors import VlassistError
 from vlassist.images import LoadedImage, Sizing
 
@@ -48,6 +49,11 @@ class Engine:
         self.pixels = PixelMemo(processor.image_processor, model.device, info.min_pixels)
         self.decode_block = DECODE_BLOCK  # 0: choose every token on the host, one step at a time
         self.short_prefill = True  # few new text tokens after a reused prefix: prefill them in the static buffers
+        self.upgrade = None  # a DecoderUpgrade while a faster decoder is built beside the serving one
+
+    def device_lock(self) -> threading.Lock:
+        """The lock every generation holds: whoever holds it (as a context manager) has the device alone."""
+        return self._lock
 
     @property
     def busy(self) -> bool:
@@ -178,11 +184,19 @@ def load_engine(settings: Settings) -> Engine:
 
 
 def warm_up(engine: Engine) -> None:
-    """Build the fastest decoder (compiling into the kept cache folder), then record the time to ready."""
+    """Build a fast decoder and record the time to ready; under `auto` the compiled one follows in the background.
+
+    `auto` on CUDA captures the plain graph step first (seconds) and answers with it while the compiled step is
+    built beside it (into the kept cache folder) and swapped in between answers; `compile` waits for it.
+    """
     info, settings = engine.info, engine.settings
-    if info.device == "cuda" and settings.compile in ("auto", "compile"):
+    cuda = info.device == "cuda"
+    if cuda and settings.compile in ("auto", "compile"):
         cache = compilecache.prepare(settings.cache_root, engine.model)
         info.compile_cache = cache.describe() if cache else "not kept: the cache folder is not writable (see log)"
+    first = "graph" if cuda and settings.compile == "auto" else settings.compile
     engine.fast, info.decode, info.decode_reason, info.warmup_s = build_decoder(
-        engine.model, settings.compile, settings.decode_context)
+        engine.model, first, settings.decode_context)
     info.ready_s = process_age_s()
+    if first != settings.compile and info.decode == "graph":
+        engine.upgrade = compile_in_background(engine)

@@ -227,16 +227,20 @@ class StaticDecoder:
         return [(layer.keys[:, :, :length].clone(), layer.values[:, :, :length].clone())
                 for layer in self.cache.layers]
 
+    def run_steps(self, size: int) -> None:
+        """Run bucket `size`'s step a few times on a side stream: compiles it (if asked) and warms its kernels."""
+        self.start(new_cache(self.model), 0, size)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for index in range(3):
+                self.step(self.token[0], index, 0)
+        torch.cuda.current_stream().wait_stream(side)
+
     def capture(self) -> None:
         """For each bucket: run the step a few times (compiling it if asked), then record it as a CUDA graph."""
         for size in self.sizes:
-            self.start(new_cache(self.model), 0, size)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for index in range(3):
-                    self.step(self.token[0], index, 0)
-            torch.cuda.current_stream().wait_stream(side)
+            self.run_steps(size)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self.logits[size] = self._fn(self.caches[size], self.masks[size])

@@ -45,6 +45,7 @@ class ModelInfo:
     decode_reason: str = ""
     warmup_s: float = 0.0  # compile and capture time, spent at load so no question waits for it
     ready_s: float = 0.0  # process start to the first answer possible: imports, load and warm-up together
+    upgraded_s: float = 0.0  # process start to the compiled decode step serving (built in the background)
     compile_cache: str = ""  # where compiled kernels are kept across restarts, and whether any were found
     fused: str = ""  # which projections were fused into one product each at load (CUDA only)
     versions: dict = field(default_factory=dict)

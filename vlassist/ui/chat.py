@@ -17,13 +17,11 @@ from vlassist.images import LoadedImage, load_image
 from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
-from vlassist.ui import live, tasks
-from vlassist.ui.results import guess_view, render_result
+from vlassist.ui import attach, live, tasks
+from vlassist.ui.results import guess_view, render_view
 
-IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 CHAT_KEY = tasks.CHAT_KEY
 CONVERSATION_KEY = "conversation_id"
-HELD_KEY = "held_images"
 STRUCTURED = ("json", "grounding", "table", "chart", "html")
 BOX_FAMILIES = frozenset(FAMILIES)  # every supported family answers grounding with boxes
 VIEW_LABELS = {"grounding": "Boxes", "html": "HTML", "table": "Table"}  # views a free answer can be given
@@ -46,16 +44,25 @@ def open_conversation(store: OwnerStore) -> StoredConversation | None:
     return conversation
 
 
+FLASH_ICONS = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:",
+               "success": ":material/check_circle:"}
+
+
 def flash(kind: str, text: str) -> None:
-    """Show a message at the top of the next run (errors survive the rerun that follows them)."""
+    """Leave a message ("error", "warning", "info" or "success") for the next run, which reruns right after."""
     st.session_state["flash"] = (kind, text)
 
 
 def show_flash() -> None:
-    """Show, once, a message left by the previous run."""
+    """Show, once, a message left by the previous run: where it is called (just above the chat box) and as a toast.
+
+    A refusal is read where the user just typed, not at the top of a long conversation scrolled out of view.
+    """
     item = st.session_state.pop("flash", None)
     if item:
-        getattr(st, item[0])(item[1])
+        kind, text = item
+        getattr(st, kind)(text, icon=FLASH_ICONS.get(kind))
+        st.toast(text, icon=FLASH_ICONS.get(kind), duration="long")
 
 
 def restore_pending_text() -> None:
@@ -123,15 +130,20 @@ def render_assistant_message(message: StoredMessage,
     Every answer on the page is drawn here. `images` gives, when called, the question's images with their
     sizes (only answers with boxes call it, so other answers never decode an image).
     """
-    request = None
     with st.chat_message("assistant"):
-        if message.text:
-            st.markdown(message.text)
+        text = st.container()  # filled once the view is drawn: the text is folded away only when a view shows
         view = result_view(message)
-        if view:
-            request = _render_view(message, view, images)
+        shown, request = _render_view(message, view, images) if view else (False, None)
+        if message.text:
+            with text:
+                if shown and message.status == "complete" and _stop_reason(message) not in ("length", "stopped"):
+                    # The view (table, fields, boxes, page) already shows what the text says: keep it one click away.
+                    with st.expander("Answer text", expanded=False, icon=":material/notes:"):
+                        st.markdown(message.text)
+                else:
+                    st.markdown(message.text)
         if message.status == "interrupted":
-            st.caption("⏹ Stopped — partial answer")
+            st.caption(":material/stop_circle: Stopped — partial answer")
         elif message.status == "error":
             reason = (message.stats.error if message.stats else None) or "unknown error"
             st.error(f"The answer failed: {reason}")
@@ -150,20 +162,27 @@ def result_view(message: StoredMessage) -> str | None:
     return guess_view(message.text)
 
 
-def _render_view(message: StoredMessage, view: str, images: Callable[[], list[dict]] | None) -> dict | None:
+def _stop_reason(message: StoredMessage) -> str:
+    if message.status == "interrupted":
+        return "stopped"
+    return (message.stats.stop_reason if message.stats else None) or "eos"
+
+
+def _render_view(message: StoredMessage, view: str,
+                 images: Callable[[], list[dict]] | None) -> tuple[bool, dict | None]:
+    """Draw an answer's structured view; return (it stands in for the text, zoom-in request or None)."""
     options = message.options or {}
-    stop_reason = "stopped" if message.status == "interrupted" else (
-        message.stats.stop_reason if message.stats else "eos")
     if view == "grounding" and message.model_family not in BOX_FAMILIES:
         st.caption("Boxes cannot be placed: this answer does not record which model family wrote it.")
-        return None
-    args = dict(family=message.model_family or "", stop_reason=stop_reason, key=f"msg{message.id}",
+        return False, None
+    args = dict(family=message.model_family or "", stop_reason=_stop_reason(message), key=f"msg{message.id}",
                 images=images() if images and view == "grounding" else [], schema=options.get("json_schema"))
     if message.preset in STRUCTURED:
-        return render_result(view, message.text, **args)
-    # A free answer that happens to hold boxes, a page or a table: offer the view without crowding the text.
+        return render_view(view, message.text, **args)
+    # A free answer that happens to hold boxes, a page or a table: offer the view without crowding the text,
+    # which stays the answer (so it is not folded away).
     with st.expander(f"{VIEW_LABELS[view]} view", expanded=view == "grounding"):
-        return render_result(view, message.text, **args)
+        return False, render_view(view, message.text, **args)[1]
 
 
 def result_images(refs: list[ImageRef], store: OwnerStore) -> list[dict]:
@@ -217,49 +236,53 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
 
 
 def chat_input():
-    """The chat box: text plus any number of images, from the file picker, drag and drop, or a paste."""
+    """The chat box: text plus any number of images or PDFs, from the file picker, drag and drop, or a paste."""
     return st.chat_input("Ask about your images — paste a screenshot with Ctrl+V, or drop or attach files",
-                         key=CHAT_KEY, accept_file="multiple", file_type=IMAGE_TYPES)
+                         key=CHAT_KEY, accept_file="multiple", file_type=attach.FILE_TYPES)
 
 
 # ---- asking ----
 
 def read_attachments(files) -> tuple[list[NewImage], list[str]]:
-    """Decode the uploaded files: the usable images and one message per file that is not."""
+    """Decode the chat box's files: the usable images (a PDF's pages) and one message per file that is not.
+
+    A PDF longer than the page limit is not sent whole: it goes to the attach area, where its pages are picked.
+    """
     images, problems = [], []
     for upload in files:
-        data = upload.getvalue()
         try:
-            images.append(NewImage(data, load_image(data, upload.name), upload.name))
+            item = attach.open_file(upload.name, upload.getvalue())
+            if item.image:
+                images.append(item.image)
+            elif item.pages > attach.MAX_PAGES:
+                attach.add(item)
+                problems.append(f"{item.name} has {item.pages} pages and at most {attach.MAX_PAGES} go with one "
+                                "question: it is attached above the box, pick its pages there")
+            else:
+                images += attach.page_images(item, list(range(1, item.pages + 1)))
         except ImageError as exc:
             problems.append(str(exc))
     return images, problems
 
 
-def show_held_images() -> None:
-    """Name the images kept from a question that could not be sent; they go with the next one."""
-    held = st.session_state.get(HELD_KEY)
-    if held:
-        st.caption("📎 Kept from your last try, sent with your next question: " + ", ".join(h.name for h in held))
-
-
 def _refuse(message: str, text: str, images: list[NewImage]) -> None:
     flash("error", message)
     st.session_state["restore_text"] = text
-    if images:
-        st.session_state[HELD_KEY] = images  # attachments cannot be put back in the chat box: keep them here
+    attach.hold(images)  # attachments cannot be put back in the chat box: they wait in the attach area
     st.rerun()
 
 
 def ask(submission, engine, service: AnswerService, store: OwnerStore, options: GenerationOptions) -> None:
     """Queue the user's question (text, attachments, the chosen preset) and rerun to show it waiting or streaming."""
     text = (submission.text or "").strip()
-    held = st.session_state.pop(HELD_KEY, [])
-    images, problems = read_attachments(submission.files or [])
+    boxed, problems = read_attachments(submission.files or [])  # the chat box's own files (a paste, a drop)
     if problems:
-        _refuse("Not sent — " + "; ".join(problems) + ". Your question is back in the box; attach valid images "
-                "and send again.", text, held)
-    images = held + images
+        _refuse("Not sent — " + "; ".join(problems) + ". Your question is back in the box and the usable files "
+                "wait above it; send again.", text, boxed)
+    try:
+        images = attach.images() + boxed
+    except VlassistError as exc:
+        _refuse(f"Not sent — {exc}", text, boxed)
     preset = st.session_state.get(tasks.PRESET_KEY)
     if not text and images:
         text, preset = preset_prompt("describe"), preset or "describe"
@@ -271,9 +294,10 @@ def ask(submission, engine, service: AnswerService, store: OwnerStore, options: 
             schema = tasks.chosen_schema()
         except VlassistError as exc:
             _refuse(f"Not sent — the JSON shape cannot be used: {exc}. Fix it under the presets and send "
-                    "again; your question and images are kept.", text, images)
+                    "again; your question and images are kept.", text, boxed)
         options, text = replace(options, json_schema=schema), tasks.json_question(text, schema)
     st.session_state.pop(tasks.PRESET_KEY, None)
+    attach.clear()  # the images go with the question now; a refused send puts them back
     send(text, images, preset, engine, service, store, options)
 
 

@@ -19,6 +19,7 @@ from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
 
 POLL_S = 0.15  # how often placeholders are checked; they are redrawn only when what they show has changed
+THINKING = "Thinking…"  # shown from the moment a job starts until its first token
 
 
 @dataclass
@@ -30,16 +31,20 @@ class LiveAnswer:
 
 
 def _view(service: AnswerService, job: Job, device: str) -> tuple:
-    """What a live answer shows now, as a comparable value."""
-    if job.state == "queued":
+    """What a live answer shows now, as a comparable value: queue position, thinking, or the text so far.
+
+    There is never an empty bubble: from the send until the first token it says where the job is.
+    """
+    position = service.position(job) if job.state == "queued" else 0
+    if job.state == "queued" and position:
         what = "the GPU" if device == "cuda" else "the model"
-        text = f"Waiting — position {service.position(job)} in the queue for {what}"
+        text = f"Waiting — position {position} in the queue for {what}"
         estimate = service.estimate_s(job)
         if estimate is not None:
             text += f", starts in about {max(1, round(estimate))} s"
         return ("queued", text + ".")
-    if not job.text:
-        return ("thinking", "Thinking…")
+    if not job.text:  # starting (out of the queue), reading the images, or prefilling the prompt
+        return ("thinking", THINKING)
     return ("text", job.text + " ▍")
 
 
@@ -48,7 +53,7 @@ def _draw(body, view: tuple) -> None:
     if kind == "queued":
         body.info(text, icon=":material/hourglass_top:")
     elif kind == "thinking":
-        body.caption(text)
+        body.markdown(f":gray[:material/progress_activity: {text}]")
     else:
         body.markdown(text)
 

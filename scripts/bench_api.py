@@ -1,0 +1,214 @@
+"""Benchmark what `vlassist serve` adds over the in-process engine: TTFT, decode speed, 8 concurrent clients.
+
+One process loads the engine (the 7B architecture at random weights on a GPU, or the tiny checkpoint with --tiny)
+and serves it with the same FastAPI app and answer service as `vlassist serve`, on loopback. The client is the
+`openai` SDK in a process of its own (so its work does not share the server's interpreter lock), streaming, as a
+user's script would. Every request carries a different image, so no answer reuses another's prefix. Random
+weights stream almost no text (their tokens are mostly special or partial characters), so time to first token
+is measured as the whole time of a 1-token answer (an upper bound: it includes ending the reply), and decode
+speed from the difference to a long answer on another image of the same size. Prints a table and writes JSON.
+
+    python scripts/bench_api.py --out api.json            # GPU: 7B architecture, 24 GiB cap
+    python scripts/bench_api.py --tiny --tokens 16        # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def client_main(url: str, folder: Path, tokens: int, sequential: int, concurrent: int) -> dict:
+    """The client process: pairs of streamed requests (1 token, then `tokens`) one after another, then `concurrent`
+    `tokens`-long requests at once."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    files = sorted(folder.glob("*.png"))
+
+    def one(path: Path, length: int) -> dict:
+        data = base64.b64encode(path.read_bytes()).decode()
+        started = time.perf_counter()
+        usage = None
+        stream = client.chat.completions.create(
+            model="default", stream=True, stream_options={"include_usage": True}, max_tokens=length,
+            temperature=0, extra_body={"min_tokens": length},
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}", "detail": "high"}},
+                {"type": "text", "text": "Describe this image."}]}])
+        for chunk in stream:
+            if chunk.usage:
+                usage = chunk.usage
+        ended = time.perf_counter()
+        return {"total_s": ended - started, "tokens": usage.completion_tokens if usage else 0,
+                "started": started, "ended": ended}
+
+    one(files[0], tokens)  # the first request warms the HTTP path and the image decoder
+    pairs = [(one(files[1 + 2 * i], 1), one(files[2 + 2 * i], tokens)) for i in range(sequential)]
+    batch = files[1 + 2 * sequential:1 + 2 * sequential + concurrent]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrent) as pool:
+        together = list(pool.map(lambda path: one(path, tokens), batch))
+    return {"pairs": pairs, "concurrent": together, "concurrent_total_s": time.perf_counter() - started}
+
+
+def _images(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[bytes]:
+    """`count` distinct screenshot-like PNGs (panels and lines of text): realistic file sizes, same token count."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    out = []
+    for i in range(count):
+        rng = random.Random(seed + i)
+        image = Image.new("RGB", size, (rng.randrange(200, 256),) * 3)
+        draw = ImageDraw.Draw(image)
+        for _ in range(12):  # panels
+            x, y = rng.randrange(size[0] - 200), rng.randrange(size[1] - 100)
+            draw.rectangle([x, y, x + rng.randrange(80, 400), y + rng.randrange(40, 200)],
+                           fill=tuple(rng.randrange(256) for _ in range(3)))
+        for row in range(0, size[1] - 20, 22):  # lines of text
+            words = " ".join(f"{rng.randrange(10**6)}" for _ in range(rng.randrange(3, 14)))
+            draw.text((10 + rng.randrange(40), row), f"Item {row // 22}: {words}", fill=(0, 0, 0))
+        path = folder / f"{i:03d}.png"
+        image.save(path, "PNG")
+        out.append(path.read_bytes())
+    return out
+
+
+def _in_process(engine, images: list[bytes], tokens: int) -> list[dict]:
+    """The same requests straight on the engine (image bytes → load_image → stream), in the same pairs."""
+    from vlassist.conversation import GenerationOptions, Turn
+    from vlassist.images import load_image
+
+    def one(data: bytes, length: int) -> dict:
+        options = GenerationOptions(max_new_tokens=length, min_new_tokens=length, max_image_tokens=16384)
+        started = time.perf_counter()
+        reply = engine.stream([Turn("user", "Describe this image.", [load_image(data)])], options)
+        for _ in reply:
+            pass
+        return {"total_s": time.perf_counter() - started, "tokens": reply.stats.new_tokens}
+
+    return [(one(images[2 * i], 1), one(images[2 * i + 1], tokens)) for i in range(len(images) // 2)]
+
+
+def _rates(pairs, tokens: int) -> tuple[list[float], list[float]]:
+    """Per pair: time to a 1-token answer (ms: the first token as the client sees it, with the reply's end) and
+    the decode rate from the difference to a `tokens`-long answer on another image of the same size."""
+    first = [1000 * short["total_s"] for short, _ in pairs]
+    rates = [(tokens - 1) / (long["total_s"] - short["total_s"]) for short, long in pairs]
+    return first, rates
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny checkpoint instead of the 7B architecture")
+    parser.add_argument("--tokens", type=int, default=256, help="forced answer length")
+    parser.add_argument("--repeats", type=int, default=5, help="sequential requests per path")
+    parser.add_argument("--concurrent", type=int, default=8, help="clients at once")
+    parser.add_argument("--size", default="1024x1024")
+    parser.add_argument("--cap-gb", type=float, default=24.0)
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--out", default="api.json")
+    parser.add_argument("--client", nargs=2, metavar=("URL", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client:
+        result = client_main(args.client[0], Path(args.client[1]), args.tokens, args.repeats, args.concurrent)
+        print(json.dumps(result))
+        return 0
+
+    sys.path.insert(0, str(HERE))
+    import bench  # the engine as scripts/bench.py builds it (7B architecture at random weights)
+    import torch
+    import uvicorn
+
+    from vlassist.api.app import create_app
+    from vlassist.service.answering import AnswerService
+    from vlassist.service.limits import context_admission
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    if cuda and args.cap_gb:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb * 2**30 / total))
+    env = {"VLASSIST_DEVICE": "cuda" if cuda else "cpu", "VLASSIST_COMPILE": "auto", "VLASSIST_DECODE_CONTEXT": "8192",
+           "VLASSIST_MAX_IMAGE_TOKENS": "16384", "VLASSIST_MAX_PROMPT_TOKENS": "16384",
+           "VLASSIST_CACHE_DIR": args.cache_dir or str(HERE.parent / ".bench" / "cache")}
+    bench_args = argparse.Namespace(model=None, tiny=args.tiny, no_fuse=False)
+    engine, weights = bench.make_engine(bench_args, env, cuda)
+    if engine.upgrade is not None:
+        engine.upgrade.wait()
+    info = engine.info
+    print(f"engine ready: decode={info.decode}", flush=True)
+
+    folder = Path(tempfile.mkdtemp())
+    count = 1 + 2 * args.repeats + args.concurrent
+    size = tuple(int(v) for v in args.size.split("x"))
+    sent = _images(folder, count, size, seed=0)
+    local_images = _images(Path(tempfile.mkdtemp()), 2 + 2 * args.repeats, size, seed=10_000)
+    # In-process first (a warm-up pair, then distinct images), then the same engine behind the API.
+    _in_process(engine, local_images[:2], args.tokens)
+    local_pairs = _in_process(engine, local_images[2:], args.tokens)
+
+    service = AnswerService(engine, admission=[context_admission(engine, 16384, 20000)])
+    app = create_app(service, engine.settings, model_id="default", family=info.family)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    out = subprocess.run([sys.executable, __file__, "--client", url, str(folder), "--tokens", str(args.tokens),
+                          "--repeats", str(args.repeats), "--concurrent", str(args.concurrent)],
+                         capture_output=True, text=True, check=True)
+    api = json.loads(out.stdout.strip().splitlines()[-1])
+    server.should_exit = True
+    thread.join(10)
+    in_process_8 = sum(long["total_s"] for _, long in local_pairs)
+    in_process_8 *= args.concurrent / len(local_pairs)  # the same number of answers as the concurrent clients
+    local_first, local_rate = _rates(local_pairs, args.tokens)
+    api_first, api_rate = _rates(api["pairs"], args.tokens)
+    result = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu", "weights": weights,
+        "versions": info.versions | {"python": platform.python_version()}, "decode": info.decode,
+        "image": args.size, "tokens": args.tokens, "in_process": local_pairs, "api": api,
+        "summary": {
+            "in_process_first_token_ms": statistics.median(local_first),
+            "api_first_token_ms": statistics.median(api_first),
+            "in_process_tok_s": statistics.median(local_rate), "api_tok_s": statistics.median(api_rate),
+            "in_process_first_all_ms": local_first, "api_first_all_ms": api_first,
+            "concurrent_clients": args.concurrent, "concurrent_total_s": api["concurrent_total_s"],
+            "in_process_sequential_total_s": in_process_8,
+            "png_kb_median": statistics.median(len(b) for b in sent) / 1024,
+        },
+    }
+    s = result["summary"]
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\n{result['device']} | {weights} weights | decode {info.decode} | {args.size} | {args.tokens} tokens")
+    print(f"{'':>22} {'in-process':>11} {'API':>9} {'added':>9}")
+    print(f"{'1-token answer ms':>22} {s['in_process_first_token_ms']:11.1f} {s['api_first_token_ms']:9.1f}"
+          f" {s['api_first_token_ms'] - s['in_process_first_token_ms']:+9.1f}")
+    print(f"{'decode tok/s (median)':>22} {s['in_process_tok_s']:11.1f} {s['api_tok_s']:9.1f}"
+          f" {100 * (s['api_tok_s'] / s['in_process_tok_s'] - 1):+8.1f}%")
+    print(f"{args.concurrent} clients at once: {s['concurrent_total_s']:.1f} s total over the API; the same "
+          f"{args.concurrent} answers one after another in process: {in_process_8:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
