@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from vlassist.ui import attach, chat, launch, live, resources, settings_panel, sidebar, tasks
+from vlassist.ui import attach, chat, launch, live, models_panel, resources, settings_panel, sidebar, tasks
 
 launch.keep_local()  # also under a plain `streamlit run`: no address lookups off the machine
 
-st.set_page_config(page_title="vlassist", page_icon="🖼️", layout="wide")
+st.set_page_config(page_title="vlassist", page_icon=":material/image_search:", layout="wide")
 
 settings = resources.settings_or_stop()
 owner = resources.owner_or_stop(settings)
@@ -19,12 +19,13 @@ conversation = chat.open_conversation(store)
 
 with st.sidebar:
     st.title("vlassist")
-    sidebar.render_conversation_list(store)
-    sidebar.render_conversation_actions(store, service, conversation)
+    sidebar.render_conversation_list(store)  # new, search, then a bounded list: what follows stays in reach
     options = settings_panel.render_settings(settings)
+    models_panel.render(resources.model_slot(settings), settings, owner)  # the model in use; load another
     settings_panel.render_model_status(engine, service)
 
-st.subheader(conversation.title if conversation else "New conversation")
+sidebar.render_title_bar(store, service, conversation)  # the title with rename, export and delete beside it
+sidebar.close_on_narrow_screens()
 resources.read_only_notice(history)
 following: list = []  # answers still being written, drawn live at the end of this run
 zoom = chat.render_conversation(conversation, store, engine, options, service, following)

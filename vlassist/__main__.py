@@ -172,6 +172,8 @@ def _ask_json(service: AnswerService, images, prompts, options, schema_text: str
     if job.stats.stop_reason != "eos" or result is None or not result.valid:
         why = job.stats.error or job.stats.stop_reason
         raise VlassistError(f"no valid JSON document came back ({why})")
+    for flag in result.flags:  # right type, wrong format (e.g. a date that is not a real date): say so, keep it
+        print(f"check {flag.path}: {flag.value!r} {flag.reason}", file=sys.stderr)
     print(result.text)  # the model's own text: valid JSON, numbers exactly as written
     return 0
 

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
 
 
-def load_answerer(settings: Settings) -> Answerer:
-    """A RemoteAnswerer on `settings.backend_url`, or the local engine loaded from `settings.model_dir`."""
+def load_answerer(settings: Settings, progress: Callable[[str, float, str], None] | None = None) -> Answerer:
+    """A RemoteAnswerer on `settings.backend_url`, or the local engine loaded from `settings.model_dir`.
+
+    `progress(stage, fraction, detail)`, if given, hears each stage of the load (vlassist/engine/loader.py).
+    """
     if settings.backend_url:
         from vlassist.remote import RemoteAnswerer
 
-        return RemoteAnswerer(settings)
+        if progress is not None:
+            progress("read", 0.0, f"Connecting to the model server at {settings.backend_url}")
+        answerer = RemoteAnswerer(settings)
+        if progress is not None:
+            progress("ready", 1.0, "Ready")
+        return answerer
+    # A missing or incomplete folder is reported at once: importing torch alone takes seconds.
+    inspect_checkpoint(settings.model_dir)
+    if progress is not None:
+        progress("start", 0.0, "Starting PyTorch and transformers")
     from vlassist.engine import load_engine  # torch is imported only when a local model is wanted
 
-    return load_engine(settings)
+    return load_engine(settings, progress)

@@ -43,6 +43,13 @@ class Settings:
     backend_key: str | None = field(default=None, repr=False)  # kept out of logs and tracebacks
     backend_model: str | None = None  # the server's model name; None: the first one it lists
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
+    models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
+    admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
+
+    @property
+    def models_root(self) -> Path:
+        """The folder whose checkpoint subfolders the page lists: VLASSIST_MODELS_DIR, else the model's parent."""
+        return self.models_dir if self.models_dir is not None else self.model_dir.parent
 
     @property
     def cache_root(self) -> Path:
@@ -108,4 +115,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_key=env.get("VLASSIST_BACKEND_KEY", "").strip() or None,
         backend_model=env.get("VLASSIST_BACKEND_MODEL", "").strip() or None,
         backend_family=backend_family,
+        models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
+        admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
@@ -16,7 +17,7 @@ from vlassist.engine import batched, compilecache, generate
 from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, render_chat
 from vlassist.engine.fastdecode import build_decoder
 from vlassist.engine.kvcache import PrefixStore
-from vlassist.engine.loader import ModelInfo, load, process_age_s
+from vlassist.engine.loader import ModelInfo, Progress, load, process_age_s
 from vlassist.engine.sizing import plan_size
 from vlassist.engine.streaming import finish_stats
 from vlassist.engine.upgrade import compile_in_background
@@ -50,6 +51,17 @@ class Engine:
         self.decode_block = DECODE_BLOCK  # 0: choose every token on the host, one step at a time
         self.short_prefill = True  # few new text tokens after a reused prefix: prefill them in the static buffers
         self.upgrade = None  # a DecoderUpgrade while a faster decoder is built beside the serving one
+
+    def close(self) -> None:
+        """Unload: wait for the running answer (and a background compile), drop the model, its caches and decoders."""
+        if self.upgrade is not None:
+            self.upgrade.wait()  # it builds on the model and swaps its decoder in under the device lock
+        with self._lock:
+            self.model = self.processor = self.fast = self.upgrade = self.pixels = None
+            self.prefixes.clear()
+        gc.collect()  # the model's modules refer to each other: free the weights now, not at some later collection
+        if self.info.device == "cuda":
+            torch.cuda.empty_cache()
 
     def device_lock(self) -> threading.Lock:
         """The lock every generation holds: whoever holds it (as a context manager) has the device alone."""
@@ -109,6 +121,8 @@ class Engine:
         on_queued: Callable[[], None] | None = None,
     ) -> Reply:
         """Answer the last user turn: a Reply that yields text chunks, with stats filled in at the end."""
+        if self.model is None:
+            raise GenerationError("this model was unloaded: another one was loaded in its place")
         stop = stop or threading.Event()
         stats = Stats()
         return Reply(self._run(list(turns), options, stop, stats, on_queued), stats, stop)
@@ -175,11 +189,15 @@ class Engine:
             raise exc
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Load the checkpoint named by settings and return a ready engine."""
-    model, processor, _family, info = load(settings)
+def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
+    """Load the checkpoint named by settings and return a ready engine; `progress` hears each stage (loader.py)."""
+    model, processor, _family, info = load(settings, progress)
     engine = Engine(model, processor, info, settings)
+    if progress is not None:
+        progress("warmup", 0.85, "Warming up: building the decode step (a compile can take a minute or two)")
     warm_up(engine)
+    if progress is not None:
+        progress("ready", 1.0, "Ready")
     return engine
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,74 @@ from vlassist.families import family as family_of
 
 log = logging.getLogger(__name__)
 transformers.utils.logging.disable_progress_bar()  # a CLI answer should be the only thing on the terminal
+
+# progress(stage, fraction of the whole load from 0 to 1, what is happening in words); stages in load order:
+# "read" (configuration, tokenizer), "weights", "device", then load_engine's "warmup" and "ready".
+Progress = Callable[[str, float, str], None]
+WEIGHTS_FROM, WEIGHTS_TO = 0.05, 0.80  # the share of the progress bar reading the weights takes
+_hook_lock = threading.Lock()  # transformers' tqdm hook is process-wide: one load at a time reports through it
+
+
+def _report(progress: Progress | None, stage: str, fraction: float, detail: str) -> None:
+    if progress is not None:
+        progress(stage, fraction, detail)
+
+
+def weight_files(folder: Path) -> list[tuple[str, int]]:
+    """The checkpoint's weight files in load order with their sizes in bytes (shards from the index)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    else:
+        names = ["model.safetensors"]
+    return [(name, (folder / name).stat().st_size) for name in names if (folder / name).is_file()]
+
+
+class _WeightsBar:
+    """Stands in for transformers' "Loading weights" bar: reports tensors done as bytes and shards read."""
+
+    def __init__(self, bar, total: int, progress: Progress, files: list[tuple[str, int]]):
+        self._bar, self._total, self._progress, self._files = bar, max(1, total), progress, files
+        self._bytes = sum(size for _, size in files)
+
+    def __iter__(self):
+        shown = -1.0
+        for done, item in enumerate(self._bar, 1):
+            share = done / self._total
+            if share - shown >= 0.01 or done == self._total:  # about a hundred updates, however many tensors
+                shown = share
+                self._progress("weights", WEIGHTS_FROM + share * (WEIGHTS_TO - WEIGHTS_FROM), self._detail(share))
+            yield item
+
+    def _detail(self, share: float) -> str:
+        read = share * self._bytes
+        shard, upto = len(self._files), 0
+        for number, (_, size) in enumerate(self._files, 1):
+            upto += size
+            if read <= upto:
+                shard = number
+                break
+        text = f"Reading weights: {read / 2**30:.2f} of {self._bytes / 2**30:.2f} GiB"
+        return text + (f" (shard {shard} of {len(self._files)})" if len(self._files) > 1 else "")
+
+    def __getattr__(self, name):
+        return getattr(self._bar, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _weights_hook(progress: Progress, files: list[tuple[str, int]]):
+    def hook(factory, args, kwargs):
+        bar = factory(*args, **kwargs)
+        if kwargs.get("desc") != "Loading weights" or not args or not hasattr(args[0], "__len__"):
+            return bar
+        return _WeightsBar(bar, len(args[0]), progress, files)
+
+    return hook
 
 
 @dataclass
@@ -113,19 +184,30 @@ def _chat_template(folder: Path, tokenizer, model_type: str = "qwen2_5_vl") -> s
     return template if template else getattr(tokenizer, "chat_template", None)
 
 
-def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str]]):
+def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str]],
+               progress: Progress | None = None):
     """Load the weights with the first attention implementation that works: (model, attn, reason).
 
     transformers does not fall back from flash_attention_2 by itself, so a failure there is caught here
-    and the next candidate (SDPA) is used, with the failure given as the reason.
+    and the next candidate (SDPA) is used, with the failure given as the reason. `progress` hears the
+    weights being read, through transformers' own per-tensor progress bar.
     """
     failure = ""
     for attn, reason in candidates:
         try:
-            model = AutoModelForImageTextToText.from_pretrained(
-                folder, dtype=dtype, attn_implementation=attn, local_files_only=True, trust_remote_code=False,
-                use_safetensors=True, device_map=device if device == "cuda" else None,
-            )
+            with _hook_lock:
+                previous = None
+                if progress is not None:
+                    hook = _weights_hook(progress, weight_files(folder))
+                    previous = transformers.utils.logging.set_tqdm_hook(hook)
+                try:
+                    model = AutoModelForImageTextToText.from_pretrained(
+                        folder, dtype=dtype, attn_implementation=attn, local_files_only=True,
+                        trust_remote_code=False, use_safetensors=True, device_map=device if device == "cuda" else None,
+                    )
+                finally:
+                    if progress is not None:
+                        transformers.utils.logging.set_tqdm_hook(previous)
         except (ImportError, ValueError, RuntimeError, OSError) as exc:
             if attn != "flash_attention_2":
                 raise
@@ -138,11 +220,15 @@ def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str
     raise RuntimeError("no attention implementation could be loaded")
 
 
-def load(settings: Settings):
-    """Load model + processor from settings.model_dir; return (model, processor, family, ModelInfo)."""
+def load(settings: Settings, progress: Progress | None = None):
+    """Load model + processor from settings.model_dir; return (model, processor, family, ModelInfo).
+
+    `progress`, if given, is told each stage with the fraction of the whole load done (see Progress).
+    """
     started = time.perf_counter()
     folder = Path(settings.model_dir)
     family: Family = inspect_checkpoint(folder)
+    _report(progress, "read", 0.01, f"Reading the configuration and tokenizer of {folder.name}")
     device = pick_device(settings.device)
     if device == "cpu":
         torch.set_num_threads(settings.cpu_threads or max(1, os.cpu_count() or 1))
@@ -156,7 +242,10 @@ def load(settings: Settings):
     template = _chat_template(folder, tokenizer, family.model_type)
     processor = _image_only_processor(family.model_type, image_processor, tokenizer, template)
 
-    model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device))
+    _report(progress, "weights", WEIGHTS_FROM, "Reading weights")
+    model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device), progress)
+    where = "GPU" if device == "cuda" else "CPU"
+    _report(progress, "device", WEIGHTS_TO, f"Moving the model to the {where} and preparing it")
     model.eval()
     if attn == "sdpa":  # flash_attention_2 has its own varlen path; eager stays the plain reference
         use_varlen(model)

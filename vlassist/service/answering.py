@@ -32,6 +32,7 @@ class AnswerService:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closed = False
+        self._paused: str | None = None  # while set (the model is being switched): why new requests are refused
         self._worker = threading.Thread(target=self._work, name="vlassist-answers", daemon=True)
         self._worker.start()
 
@@ -39,6 +40,9 @@ class AnswerService:
 
     def admit(self, request: Request) -> None:
         """Run the admission checks: raise VlassistError, naming the limit, if the request cannot be answered."""
+        paused = self._paused
+        if paused is not None:
+            raise VlassistError(paused)
         for check in self.admission:
             check(request)
 
@@ -48,11 +52,10 @@ class AnswerService:
             self.admit(request)
         job = Job(request)
         with self._wake:
-            if self._closed:
-                raise VlassistError("the answer service is shutting down")
+            self._refuse_if_closed()
             self._jobs[job.id] = job
             self._queue.append(job)
-            self._wake.notify()
+            self._wake.notify_all()  # the worker, and a switch waiting on the same condition
         return job
 
     def submit_group(self, requests: Sequence[Request], admitted: bool = False) -> list[Job]:
@@ -67,13 +70,12 @@ class AnswerService:
                 self.admit(request)
         jobs = [Job(request) for request in requests]
         with self._wake:
-            if self._closed:
-                raise VlassistError("the answer service is shutting down")
+            self._refuse_if_closed()
             for job in jobs:
                 self._jobs[job.id] = job
                 self._groups[job.id] = jobs
             self._queue.extend(jobs)
-            self._wake.notify()
+            self._wake.notify_all()  # the worker, and a switch waiting on the same condition
         return jobs
 
     def get(self, job_id: str) -> Job | None:
@@ -149,33 +151,89 @@ class AnswerService:
             self._closed = True
             running = self._groups.get(self._running.id, [self._running]) if self._running else []
             pending = list(self._queue) + list(running)
-            self._wake.notify()
+            self._wake.notify_all()  # the worker, and a switch waiting on the same condition
         for job in pending:
             self.cancel(job.id)
         self._worker.join(timeout)
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise VlassistError("the answer service is shutting down")
+        if self._paused is not None:
+            raise VlassistError(self._paused)
+
+    # ---- switching the answerer (vlassist/service/models.py) ----
+
+    def pause(self, reason: str, cancel_queued: str) -> list[Job]:
+        """Start no new job until resume(): refuse requests with `reason`, end queued jobs failed with `cancel_queued`.
+
+        Returns the cancelled jobs; the running one goes on (wait_idle() waits for it). Queued jobs are not carried
+        over to another answerer: each stored answer names the model it was asked of, so they are told to ask again.
+        """
+        with self._wake:
+            self._paused = reason
+            dropped = list(self._queue)
+            self._queue.clear()
+            for job in dropped:
+                self._groups.pop(job.id, None)
+        for job in dropped:
+            self._end(job, "failed", error=cancel_queued)
+        return dropped
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no job runs (the running one has ended); True if so within `timeout` seconds."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self._running is None, timeout)
+
+    def replace_answerer(self, answerer: Answerer, admission: Sequence[Admission] | None = None,
+                         timeout: float | None = None) -> Answerer:
+        """Answer every job that starts from now on with `answerer` (and its admission checks); return the old one.
+
+        A running job ends on the answerer it started on: this waits for it (up to `timeout` seconds).
+        """
+        with self._wake:
+            if not self._wake.wait_for(lambda: self._running is None, timeout):
+                raise VlassistError("the running answer did not end in time to switch the model")
+            old, self.answerer = self.answerer, answerer
+            if admission is not None:
+                self.admission = list(admission)
+        return old
+
+    def resume(self) -> None:
+        """Take and start jobs again after pause()."""
+        with self._wake:
+            self._paused = None
+            self._wake.notify_all()
+
+    @property
+    def paused(self) -> str | None:
+        """Why requests are refused right now (the model is being switched), or None."""
+        return self._paused
 
     # ---- the worker thread ----
 
     def _work(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._queue or self._closed)
+                self._wake.wait_for(lambda: (self._queue and self._paused is None) or self._closed)
                 if self._closed and not self._queue:
                     return
                 job = self._queue.popleft()
                 self._running = job
+                answerer = self.answerer  # the job runs to its end on this one, even if it is replaced meanwhile
                 # The rest of its group (those not cancelled while queued) leaves the queue with it.
                 group = [job] + [j for j in self._groups.get(job.id, ()) if j in self._queue]
                 for member in group[1:]:
                     self._queue.remove(member)
             try:
                 if len(group) > 1:
-                    self._run_group(group)
+                    self._run_group(group, answerer)
                 else:
-                    self._run(job)
+                    self._run(job, answerer)
             finally:
-                with self._lock:
+                with self._wake:
                     self._running = None
+                    self._wake.notify_all()  # pause() and replace_answerer() wait for this
                     for member in group:
                         self._groups.pop(member.id, None)
                         if member.started is not None and member.finished is not None and member.outcome == "complete":
@@ -183,11 +241,11 @@ class AnswerService:
                             self._durations.append((member.finished - member.started) / len(group))
                     self._forget_old()
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, answerer: Answerer) -> None:
         job._start()
         sink = job.request.sink
         try:
-            reply = self.answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
+            reply = answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
             for chunk in reply:
                 job._append(chunk)
                 if sink is not None:
@@ -202,12 +260,12 @@ class AnswerService:
         stopped = reply.stats.stop_reason == "stopped" or job.cancelled
         self._end(job, "stopped" if stopped else "complete", reply.stats)
 
-    def _run_group(self, jobs: list[Job]) -> None:
+    def _run_group(self, jobs: list[Job], answerer: Answerer) -> None:
         """Answer a submit_group's jobs in one answer_batch call; each job ends with its own outcome."""
-        answer_batch = getattr(self.answerer, "answer_batch", None)
+        answer_batch = getattr(answerer, "answer_batch", None)
         if answer_batch is None:
             for job in jobs:
-                self._run(job)
+                self._run(job, answerer)
             return
         for job in jobs:
             job._start()

@@ -85,10 +85,11 @@ class StoreSink:
 
 def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, text: str,
         images: Sequence[NewImage] = (), options: GenerationOptions = GenerationOptions(),
-        preset: str | None = None, *, model_family: str | None = None, model: str | None = None) -> Job:
+        preset: str | None = None, *, model_family: str | None = None, model: str | None = None,
+        title: str | None = None) -> Job:
     """Store the question and an empty answer after it, and queue the job that fills the answer in.
 
-    With no conversation id a new conversation is started, titled after the question. Admission runs first,
+    With no conversation id a new conversation is started, titled `title` or after the question. Admission runs first,
     so a refused question stores nothing. Question and answer are stored before anything runs, so the history
     alternates question/answer whatever happens next: a crash leaves a running answer that the next start marks
     interrupted, a cancel leaves it stopped.
@@ -100,7 +101,7 @@ def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, 
     service.admit(Request(so_far + [Turn("user", text, [new.loaded for new in images])], options))
     created = conversation is None
     if created:
-        conversation_id = store.create_conversation(make_title(text))
+        conversation_id = store.create_conversation(title or make_title(text))
     try:
         question_id, answer_id = store.add_question(conversation_id, text, images, preset=preset, options=options,
                                                     model_family=model_family, model=model)

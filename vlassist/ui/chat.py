@@ -284,6 +284,7 @@ def ask(submission, engine, service: AnswerService, store: OwnerStore, options: 
     except VlassistError as exc:
         _refuse(f"Not sent — {exc}", text, boxed)
     preset = st.session_state.get(tasks.PRESET_KEY)
+    title = tasks.title_for(text, preset or ("describe" if not text else None), images)
     if not text and images:
         text, preset = preset_prompt("describe"), preset or "describe"
     if not text:
@@ -297,8 +298,9 @@ def ask(submission, engine, service: AnswerService, store: OwnerStore, options: 
                     "again; your question and images are kept.", text, boxed)
         options, text = replace(options, json_schema=schema), tasks.json_question(text, schema)
     st.session_state.pop(tasks.PRESET_KEY, None)
+    st.session_state.pop(tasks.FILLED_KEY, None)
     attach.clear()  # the images go with the question now; a refused send puts them back
-    send(text, images, preset, engine, service, store, options)
+    send(text, images, preset, engine, service, store, options, title=title)
 
 
 def ask_zoom(request: dict, engine, service: AnswerService, store: OwnerStore, options: GenerationOptions) -> None:
@@ -313,7 +315,7 @@ def ask_zoom(request: dict, engine, service: AnswerService, store: OwnerStore, o
 
 
 def send(text: str, images: list[NewImage], preset: str | None, engine, service: AnswerService,
-         store: OwnerStore, options: GenerationOptions) -> None:
+         store: OwnerStore, options: GenerationOptions, title: str | None = None) -> None:
     """Store the question with a waiting answer (a new conversation if none is open), queue its job, rerun.
 
     The answer is written by the answer service, not by this script run: Stop, another send, a reload or a
@@ -324,7 +326,7 @@ def send(text: str, images: list[NewImage], preset: str | None, engine, service:
         conversation_id = None  # deleted in another tab: start a new one
     try:
         job = conversations.ask(service, store, conversation_id, text, images, options, preset,
-                                model_family=engine.info.family, model=engine.info.model_dir)
+                                model_family=engine.info.family, model=engine.info.model_dir, title=title)
         st.session_state[CONVERSATION_KEY] = job.request.conversation_id
     except VlassistError as exc:
         _refuse(f"Not sent — {exc}", text, images)

@@ -10,8 +10,9 @@ import streamlit as st
 from vlassist.config import Settings, load_settings
 from vlassist.errors import ConfigError, ModelNotFoundError, StorageError, VlassistError
 from vlassist.service.answering import AnswerService
-from vlassist.service.limits import default_admission
+from vlassist.service.models import ModelSlot
 from vlassist.store.history import LOCAL_OWNER, History
+from vlassist.ui import models_panel
 
 MAX_OWNER_LENGTH = 200
 log = logging.getLogger(__name__)
@@ -58,45 +59,63 @@ def read_only_notice(history_: History) -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _engine(key: str, _settings: Settings):
-    from vlassist.backends import load_answerer  # the UI reaches torch only through the engine package
+def _slot(key: str, _settings: Settings) -> ModelSlot:
+    return ModelSlot(_settings)
 
-    return load_answerer(_settings)
+
+def model_slot(settings: Settings) -> ModelSlot:
+    """The process-wide current model and its answer service (shared by every session); loads nothing by itself."""
+    # Only what changes the loaded model is in the key: every data folder and user shares one model.
+    return _slot(repr(settings.with_(user_header=None, data_dir=Path(), admin_users=())), settings)
 
 
 def engine_or_stop(settings: Settings):
-    """The model, loaded once per process (shared by every session), or a page explaining how to get one."""
-    try:
-        where = (f"Connecting to the model server at {settings.backend_url} …" if settings.backend_url else
-                 f"Loading the model from {settings.model_dir} … (once per server start)")
-        with st.spinner(where):
-            # Only what changes the loaded model is in the key: every data folder and user shares one model.
-            return _engine(repr(settings.with_(user_header=None, data_dir=Path())), settings)
-    except ModelNotFoundError as exc:
-        st.title("vlassist")
+    """The current model (shared by every session); while it loads or is switched, its progress instead.
+
+    The load runs on a thread of its own (vlassist/service/models.py), so this page closing or rerunning cannot
+    interrupt it; every waiting page draws the same progress from the slot, the one that started it and the others.
+    """
+    slot = model_slot(settings)
+    answerer = slot.current
+    if answerer is not None and not slot.state.busy:
+        return answerer
+    holder = st.empty()
+    with holder.container():
+        st.title("vlassist")  # drawn before anything loads: the page is never blank
+        heading = st.empty()
+        heading.markdown("**Loading model…**")
+        session = models_panel.session_id()
+        slot.start_load(by=session)
+        state = models_panel.follow_load(slot, heading, session)
+    if slot.current is None:
+        holder.empty()
+        _load_failed(settings, state.error)
+    holder.empty()
+    return slot.current
+
+
+def _load_failed(settings: Settings, error: BaseException | None) -> None:
+    st.title("vlassist")
+    if isinstance(error, ModelNotFoundError):
         st.info(
-            f"**No model found.** {exc}\n\n"
+            f"**No model found.** {error}\n\n"
             "To get one, on a machine with internet run:\n\n"
             "```bash\n./scripts/setup.sh\n.venv/bin/python scripts/fetch_model.py\n```\n\n"
             f"then copy the downloaded folder to `{settings.model_dir}` on this machine (or point "
             "`VLASSIST_MODEL_DIR` at it) and reload this page. See the README, *Putting a model on an offline "
             "machine*.",
-            icon="📦",
+            icon=":material/inventory_2:",
         )
-        st.stop()
-    except VlassistError as exc:  # a bad setting, or a model server that cannot be reached
-        st.error(f"The model cannot be loaded: {exc}")
-        st.stop()
-
-
-@st.cache_resource(show_spinner=False)
-def _service(key: str, _engine, _settings: Settings) -> AnswerService:
-    return AnswerService(_engine, admission=default_admission(_engine, _settings))
+    elif isinstance(error, VlassistError):  # a bad setting, or a model server that cannot be reached
+        st.error(f"The model cannot be loaded: {error}")
+    else:  # a bug or a device fault: say what, the log has the rest
+        st.error(f"The model cannot be loaded: {type(error).__name__}: {error}")
+    st.stop()
 
 
 def service(engine, settings: Settings) -> AnswerService:
-    """The answer service over the loaded model: one queue for every session of this server process."""
-    return _service(str(id(engine)), engine, settings)
+    """The answer service in front of the current model: one queue for every session of this server process."""
+    return model_slot(settings).service
 
 
 def owner_or_stop(settings: Settings) -> str:
@@ -110,7 +129,7 @@ def owner_or_stop(settings: Settings) -> str:
             f"**Not signed in.** This server identifies users by the `{settings.user_header}` header, which "
             "this request did not carry. Open vlassist through the intranet address (the proxy that signs you "
             "in), not the server's own port.",
-            icon="🔒",
+            icon=":material/lock:",
         )
         st.stop()
     return value

@@ -1,10 +1,11 @@
-"""The sidebar: new conversation, search, the conversation list, and rename/delete/export of the open one."""
+"""The sidebar (new conversation, search, the conversation list) and the open conversation's title bar."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 import streamlit as st
+import streamlit.components.v1 as components
 
 from vlassist.errors import StorageError
 from vlassist.service.answering import AnswerService
@@ -13,10 +14,29 @@ from vlassist.store.history import OwnerStore, StoredConversation
 from vlassist.ui.chat import CONVERSATION_KEY, flash
 from vlassist.ui.tasks import PRESET_KEY
 
+LIST_HEIGHT = 360  # px: the history list scrolls inside this, so Settings and Model status stay in reach
+PICKED_KEY = "picked_conversation"  # set for the run after a pick: narrow screens close the sidebar then
+# Streamlit has no call that closes the sidebar; on a narrow screen (where it covers the page) its own close
+# button is pressed from a zero-height component. Local script, nothing fetched.
+_CLOSE_SCRIPT = """<script>
+const doc = window.parent.document;
+const open = doc.querySelector('[data-testid="stSidebar"][data-collapsed="false"]');
+const close = doc.querySelector('[data-testid="stSidebarCollapseButton"]');
+const button = close && (close.tagName === "BUTTON" ? close : close.querySelector("button"));
+if (window.parent.innerWidth <= 768 && open && button) button.click();
+</script>"""
+
 
 def _open(conversation_id: int | None) -> None:
     st.session_state[CONVERSATION_KEY] = conversation_id
     st.session_state.pop(PRESET_KEY, None)
+    st.session_state[PICKED_KEY] = True
+
+
+def close_on_narrow_screens() -> None:
+    """After a conversation was picked or started, close the sidebar if it covers the page (narrow screens)."""
+    if st.session_state.pop(PICKED_KEY, False):
+        components.html(_CLOSE_SCRIPT, height=0)
 
 
 def _when(ts: float) -> str:
@@ -26,17 +46,19 @@ def _when(ts: float) -> str:
 
 def render_conversation_list(store: OwnerStore) -> None:
     """New conversation, search box and the owner's conversations, newest first."""
-    st.button("➕ New conversation", key="new_conversation", on_click=_open, args=(None,),
+    st.button("New conversation", icon=":material/add:", key="new_conversation", on_click=_open, args=(None,),
               width="stretch")
     search = st.text_input("Search conversations", key="history_search", placeholder="Search text…")
     conversations = store.list_conversations(search)
     current = st.session_state.get(CONVERSATION_KEY)
     if not conversations:
         st.caption("No matches." if search.strip() else "No conversations yet.")
-    for item in conversations:
-        st.button(f"{item.title}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
-                  args=(item.id,), type="primary" if item.id == current else "secondary",
-                  width="stretch")
+        return
+    with st.container(height=min(LIST_HEIGHT, 48 * len(conversations) + 16), border=False, key="history_list"):
+        for item in conversations:
+            st.button(f"{item.title}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
+                      args=(item.id,), type="primary" if item.id == current else "secondary",
+                      width="stretch")
 
 
 def _rename(store: OwnerStore, conversation_id: int) -> None:
@@ -58,12 +80,23 @@ def _delete(store: OwnerStore, service: AnswerService, conversation_id: int) -> 
     _open(None)
 
 
+def render_title_bar(store: OwnerStore, service: AnswerService, conversation: StoredConversation | None) -> None:
+    """The open conversation's title, with its actions (rename, export, delete) in a menu beside it."""
+    if conversation is None:
+        st.subheader("New conversation")
+        return
+    left, right = st.columns([12, 1], vertical_alignment="center")
+    left.subheader(conversation.title)
+    with right:
+        render_conversation_actions(store, service, conversation)
+
+
 def render_conversation_actions(store: OwnerStore, service: AnswerService,
                                 conversation: StoredConversation | None) -> None:
     """Rename, export (Markdown + images zip, JSON with embedded images) and delete the open conversation."""
     if conversation is None:
         return
-    with st.expander("This conversation", expanded=False):
+    with st.popover("", icon=":material/more_vert:", help="Rename, export or delete this conversation"):
         st.text_input("Title", value=conversation.title, key=f"rename_{conversation.id}",
                       on_change=_rename, args=(store, conversation.id))
         name = export.slug(conversation.title)
@@ -76,5 +109,5 @@ def render_conversation_actions(store: OwnerStore, service: AnswerService,
                            file_name=f"{name}.json", mime="application/json",
                            key=f"export_json_{conversation.id}", on_click="ignore", width="stretch")
         confirm = st.checkbox("Yes, delete this conversation", key=f"confirm_delete_{conversation.id}")
-        st.button("🗑 Delete", key=f"delete_{conversation.id}", disabled=not confirm, on_click=_delete,
-                  args=(store, service, conversation.id), width="stretch")
+        st.button("Delete", icon=":material/delete:", key=f"delete_{conversation.id}", disabled=not confirm,
+                  on_click=_delete, args=(store, service, conversation.id), width="stretch")

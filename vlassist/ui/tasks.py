@@ -9,6 +9,7 @@ import streamlit as st
 from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
 from vlassist.answers.schemas import TEMPLATES, fields_schema, load_schema, template_schema
 from vlassist.errors import VlassistError
+from vlassist.store.records import make_title
 from vlassist.ui.settings_panel import set_decoding
 
 CHAT_KEY = "chat_input"
@@ -18,18 +19,40 @@ JSON_SOURCES = {"fields": "Name fields", "template": "Template", "schema": "Past
 _KEPT = ("json_source", "json_fields", "json_template", "json_schema_text", "grounding_target")
 
 
+FILLED_KEY = "preset_filled_text"  # the prompt a preset put in the chat box: not the user's own words
+
+
 def _use_preset(key: str, family: str) -> None:
-    st.session_state[CHAT_KEY] = task_prompt(key, family, st.session_state.get("grounding_target") or "object")
+    prompt = task_prompt(key, family, st.session_state.get("grounding_target") or "object")
+    st.session_state[CHAT_KEY] = prompt
+    st.session_state[FILLED_KEY] = prompt
     st.session_state[PRESET_KEY] = key
     set_decoding(PRESETS[key].precise)
 
 
 def render_presets(family: str) -> None:
-    """One button per task preset; a click puts its prompt (in this model family's phrasing) in the chat box."""
-    columns = st.columns(len(PRESETS))
-    for column, preset in zip(columns, PRESETS.values()):
-        column.button(preset.label, key=f"preset_{preset.key}", on_click=_use_preset, args=(preset.key, family),
-                      width="stretch")
+    """One button per task preset, wrapping onto more lines when narrow; a click puts its prompt in the chat box."""
+    chosen = st.session_state.get(PRESET_KEY)
+    with st.container(horizontal=True, wrap=True, gap="small", key="presets"):
+        for preset in PRESETS.values():
+            st.button(preset.short, key=f"preset_{preset.key}", icon=f":material/{preset.icon}:", help=preset.tip,
+                      on_click=_use_preset, args=(preset.key, family), width="content",
+                      type="primary" if preset.key == chosen else "secondary")
+
+
+def own_words(text: str) -> str:
+    """The part of a question the user wrote: empty when it is still exactly the prompt a preset filled in."""
+    filled = st.session_state.get(FILLED_KEY)
+    return "" if filled is not None and text.strip() == filled.strip() else text
+
+
+def title_for(text: str, preset: str | None, images) -> str:
+    """A new conversation's title in the user's words: the typed question, else the task's name and first file."""
+    typed = own_words(text).strip()
+    if typed:
+        return make_title(typed)
+    name = PRESETS[preset].short if preset in PRESETS else "Image question"
+    return f"{name} · {images[0].name}" if images else name
 
 
 def render_task_options(family: str) -> None:
@@ -71,7 +94,7 @@ def render_json_options() -> None:
         try:
             schema = chosen_schema()
         except VlassistError as exc:
-            st.error(f"This JSON shape cannot be used: {exc}", icon="⚠️")
+            st.error(f"This JSON shape cannot be used: {exc}", icon=":material/warning:")
             return
         if schema:
             st.caption(f"The answer will be one JSON document valid against this schema "

@@ -1,0 +1,182 @@
+"""The sidebar's Model section (the model in use, the others one can load, Load) and the model-load progress view."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from vlassist.config import Settings
+from vlassist.errors import VlassistError
+from vlassist.service.models import (
+    LoadState,
+    ModelChoice,
+    ModelSlot,
+    choice_of,
+    list_checkpoints,
+    list_server_models,
+    may_switch,
+    same_model,
+)
+
+POLL_S = 0.25  # how often a waiting page looks at the load's progress
+LISTING_TTL_S = 15  # the models folder and the server's model list are looked at again after this long
+PICK_KEY, ERROR_KEY = "model_pick", "model_switch_error"
+STAGES = {
+    "start": "Starting PyTorch and transformers",
+    "read": "Reading the checkpoint",
+    "weights": "Reading weights",
+    "device": "Moving to the device",
+    "warmup": "Warming up",
+    "ready": "Ready",
+    "wait": "Waiting for the running answer to finish",
+    "unload": "Unloading the previous model",
+}
+
+
+def session_id() -> str | None:
+    """This browser tab's Streamlit session (who started a load or a switch)."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
+
+
+# ---- the progress view, drawn while a model loads ----
+
+def _heading(state: LoadState, session: str | None) -> str:
+    mine = state.by is not None and state.by == session
+    if state.phase == "switching" or (state.phase != "loading" and state.who):
+        if mine:
+            return f"**Switching the model to `{state.target}`…** Every session of this server will use it."
+        return (f"**The model is being switched to `{state.target}` — started by {state.who or 'another session'}.** "
+                "This page goes on when it is loaded.")
+    if mine or state.by is None:
+        return f"**Loading model…** `{state.target}` (once per server start)"
+    return (f"**The model is loading — started by another session.** `{state.target}`; this page goes on when "
+            "it is ready.")
+
+
+def _steps(seen: list[tuple[str, float]], state: LoadState) -> str:
+    lines = []
+    for i, (stage, began) in enumerate(seen):
+        name = STAGES.get(stage, stage)
+        if i + 1 < len(seen):
+            lines.append(f":material/check: {name} — {seen[i + 1][1] - began:.1f} s")
+        elif state.busy:
+            lines.append(f":material/progress_activity: {name}…")
+        elif state.phase == "ready":
+            lines.append(f":material/check: {name}")
+    return "  \n".join(lines)
+
+
+def follow_load(slot: ModelSlot, heading, session: str | None) -> LoadState:
+    """Draw the load's progress bar and stages (in the current container) until it has ended; return how it ended.
+
+    Every waiting page draws from the slot's shared state, so the one that started the load and the others see
+    the same progress. Only changes are drawn; the elapsed seconds change once a second, which also lets a
+    click or a closed tab end this page run promptly (the load itself goes on).
+    """
+    state = slot.state
+    bar = st.progress(0.0, text=state.detail or "Starting")
+    status = st.status(STAGES.get(state.stage, "Loading"), expanded=True)
+    with status:
+        steps = st.empty()
+    seen: list[tuple[str, float]] = []
+    shown = None
+    while True:
+        state = slot.state
+        if state.stage and (not seen or seen[-1][0] != state.stage):
+            seen.append((state.stage, time.monotonic()))
+        view = (state.phase, state.stage, round(state.fraction, 2), state.detail, int(state.elapsed_s))
+        if view != shown:
+            shown = view
+            heading.markdown(_heading(state, session))
+            bar.progress(state.fraction, text=f"{state.detail} · {state.elapsed_s:.0f} s")
+            status.update(label=f"{STAGES.get(state.stage, state.stage)} · {state.fraction:.0%}")
+            steps.markdown(_steps(seen, state))
+        if not state.busy:
+            break
+        time.sleep(POLL_S)
+    status.update(state="complete" if state.phase == "ready" else "error", expanded=False)
+    return state
+
+
+# ---- the sidebar's Model section ----
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _checkpoints(models_dir: str) -> list[ModelChoice]:
+    return list_checkpoints(Path(models_dir))
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _server_models(server: str, _answerer, _settings: Settings) -> list[ModelChoice]:
+    return list_server_models(_answerer, _settings)
+
+
+def choices_for(answerer, settings: Settings) -> list[ModelChoice]:
+    """What the page offers: the server's models with a remote backend, else the models folder's checkpoints.
+
+    The model in use is always first among them, even when it lies outside the models folder.
+    """
+    current = choice_of(answerer)
+    if current.remote:
+        found = _server_models(answerer.info.server, answerer, settings)
+    else:
+        found = _checkpoints(str(settings.models_root.resolve()))
+    return [current] + [choice for choice in found if not same_model(choice, current)]
+
+
+def _label(choice: ModelChoice, current: ModelChoice) -> str:
+    family = f" · {choice.family}" if choice.family else ""
+    return f"{choice.name}{family}" + (" (in use)" if same_model(choice, current) else "")
+
+
+def _load(slot: ModelSlot, choices: list[ModelChoice], settings: Settings, owner: str) -> None:
+    target = st.session_state.get(PICK_KEY)
+    chosen = next((choice for choice in choices if choice.target == target), None)
+    if chosen is None:
+        return
+    try:
+        slot.switch(chosen, by=session_id(), who=owner if settings.user_header else None)
+    except VlassistError as exc:
+        st.session_state[ERROR_KEY] = f"{chosen.name} was not loaded: {exc}"
+
+
+def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
+    """The Model section: the model in use, the others available, and (for those allowed) a Load button.
+
+    A load switches every session of this server; its progress is shown on every page (follow_load).
+    """
+    answerer = slot.current
+    if answerer is None:
+        return
+    current = choice_of(answerer)
+    choices = choices_for(answerer, settings)
+    with st.expander("Model", icon=":material/memory:"):
+        where = "on the server" if current.remote else f"in `{settings.models_root}`"
+        st.markdown(f"**In use** `{current.name}`" + (f" · {current.family}" if current.family else ""))
+        if not may_switch(settings, owner):
+            st.markdown("\n".join(f"- {_label(choice, current)}" for choice in choices))
+            why = ("only the administrators named in VLASSIST_ADMIN_USERS" if settings.admin_users
+                   else "nobody: no administrators are set (VLASSIST_ADMIN_USERS)")
+            st.caption(f":material/lock: Models {where}. Another model can be loaded by {why}; it switches "
+                       "every user of this server.")
+            return
+        targets = [choice.target for choice in choices]
+        if st.session_state.get(PICK_KEY) not in targets:
+            st.session_state[PICK_KEY] = current.target
+        labels = {choice.target: _label(choice, current) for choice in choices}
+        picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY)
+        busy = slot.state.busy
+        st.button("Load", key="model_load", icon=":material/swap_horiz:", on_click=_load,
+                  args=(slot, choices, settings, owner), disabled=busy or picked == current.target,
+                  help="Unload the model in use and load this one, for every session of this server")
+        error = st.session_state.pop(ERROR_KEY, None)
+        if error:
+            st.error(error, icon=":material/error:")
+        st.caption("Loading another model switches every session of this server. The running answer finishes "
+                   "first; questions still waiting in the queue are cancelled, and say so, to be sent again.")
+        state = slot.state
+        if state.notice and state.phase == "ready":
+            st.info(state.notice, icon=":material/info:")
