@@ -8,7 +8,8 @@ from pathlib import Path
 from vlassist.errors import ModelNotFoundError
 from vlassist.families import FAMILIES, Family, UnknownFamilyError, family
 
-FETCH_HINT = ".venv/bin/python scripts/fetch_model.py Qwen/Qwen2.5-VL-7B-Instruct (on a machine with internet; see README)"
+FETCH_HINT = (".venv/bin/python scripts/fetch_model.py Qwen/Qwen2.5-VL-7B-Instruct "
+              "(on a machine with internet; see README)")
 
 
 def inspect_checkpoint(folder: Path) -> Family:
