@@ -114,18 +114,42 @@ def test_preset_without_typing_is_titled_with_its_name_and_the_file(browser, app
         context.close()
 
 
+def _pick(tab, button: str, heading: str, shot=None) -> None:
+    """Open the sidebar (screenshot to `shot`), click `button` in it and wait for the page to show `heading`."""
+    tab.locator('[data-testid="stExpandSidebarButton"]').first.click()
+    tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="false"]', state="attached")
+    if shot:
+        tab.screenshot(path=str(shot))
+    tab.locator(button).click()
+    tab.wait_for_function("h => document.querySelector('h3')?.innerText.trim() === h", arg=heading)
+
+
+def _covered(tab) -> bool:
+    """Whether something else lies over the middle of the chat box (an open sidebar would)."""
+    return tab.locator(TEXTAREA).evaluate("""el => {
+        const r = el.getBoundingClientRect();
+        const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        return !(top === el || el.contains(top));
+    }""")
+
+
 def test_picking_a_chat_on_a_narrow_screen_closes_the_sidebar(browser, app):
-    """At 420 px the sidebar, opened to pick a conversation, closes after the pick so the page can be used."""
+    """At 420 px the sidebar, opened to pick a conversation, closes after each pick so the page can be used."""
     context, tab = _tab(browser, app[0], "narrow")
     try:
         _ask(tab, "Narrow screen question")
-        tab.locator('[data-testid="stExpandSidebarButton"]').first.click()
-        tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="false"]', state="attached")
-        tab.screenshot(path=str(app[2] / "sidebar-open-narrow.png"))
-        tab.locator(f"{SIDEBAR} button", has_text="New conversation").click()
+        _pick(tab, f'{SIDEBAR} button:has-text("New conversation")', "New conversation")
         tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="true"]', state="attached")
-        tab.locator(TEXTAREA).click(timeout=10_000)  # nothing covers the chat box any more
+        assert not _covered(tab)
+        tab.locator(TEXTAREA).click(timeout=10_000)
+        _pick(tab, '.st-key-history_list button:has-text("Narrow screen question")', "Narrow screen question",
+              app[2] / "sidebar-open-narrow.png")
+        tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="true"]', state="attached")
         tab.screenshot(path=str(app[2] / "after-pick-narrow.png"))
+        assert not _covered(tab)
+        tab.locator(TEXTAREA).click(timeout=10_000)  # nothing covers the chat box any more
+        tab.locator(TEXTAREA).fill("typed after the pick")
+        assert tab.locator(TEXTAREA).input_value() == "typed after the pick"
     finally:
         context.close()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from vlassist.errors import StorageError
 from vlassist.service.answering import AnswerService
@@ -16,27 +15,30 @@ from vlassist.ui.tasks import PRESET_KEY
 
 LIST_HEIGHT = 360  # px: the history list scrolls inside this, so Settings and Model status stay in reach
 PICKED_KEY = "picked_conversation"  # set for the run after a pick: narrow screens close the sidebar then
-# Streamlit has no call that closes the sidebar; on a narrow screen (where it covers the page) its own close
-# button is pressed from a zero-height component. Local script, nothing fetched.
-_CLOSE_SCRIPT = """<script>
-const doc = window.parent.document;
-const open = doc.querySelector('[data-testid="stSidebar"][data-collapsed="false"]');
-const close = doc.querySelector('[data-testid="stSidebarCollapseButton"]');
-const button = close && (close.tagName === "BUTTON" ? close : close.querySelector("button"));
-if (window.parent.innerWidth <= 768 && open && button) button.click();
-</script>"""
+PICKS_KEY = "conversation_picks"  # counts picks, so each close script differs from the last and runs again
+# Streamlit has no call that closes the sidebar, and a changed initial_sidebar_state is ignored once the user
+# opened it by hand (the browser remembers that choice). So on a narrow screen, where the open sidebar covers
+# the page, its own close button is pressed, as Streamlit's "auto" state decides narrow: at most 768 px wide.
+# A local script in the page, nothing fetched.
+_CLOSE_SCRIPT = """<script data-pick="{pick}">{{
+  const open = document.querySelector('[data-testid="stSidebar"][data-collapsed="false"]');
+  const close = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
+  if (window.innerWidth <= 768 && open && close) close.click();
+}}</script>"""
 
 
 def _open(conversation_id: int | None) -> None:
     st.session_state[CONVERSATION_KEY] = conversation_id
     st.session_state.pop(PRESET_KEY, None)
     st.session_state[PICKED_KEY] = True
+    st.session_state[PICKS_KEY] = st.session_state.get(PICKS_KEY, 0) + 1
 
 
 def close_on_narrow_screens() -> None:
     """After a conversation was picked or started, close the sidebar if it covers the page (narrow screens)."""
     if st.session_state.pop(PICKED_KEY, False):
-        components.html(_CLOSE_SCRIPT, height=0)
+        st.sidebar.html(_CLOSE_SCRIPT.format(pick=st.session_state.get(PICKS_KEY, 0)),
+                        unsafe_allow_javascript=True)
 
 
 def _when(ts: float) -> str:

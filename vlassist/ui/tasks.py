@@ -71,7 +71,9 @@ def render_task_options(family: str) -> None:
 
 
 def _retarget(family: str) -> None:
-    st.session_state[CHAT_KEY] = grounding_prompt(family, st.session_state.get("grounding_target") or "object")
+    prompt = grounding_prompt(family, st.session_state.get("grounding_target") or "object")
+    st.session_state[CHAT_KEY] = prompt
+    st.session_state[FILLED_KEY] = prompt  # still the preset's words, not the user's: no title from it
 
 
 def render_json_options() -> None:

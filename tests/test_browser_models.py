@@ -1,0 +1,129 @@
+"""The page's Model section in a real browser: load progress, the models folder listed, Load switching the model."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from api_support import start_serve, stop_serve
+from test_browser import ASSISTANT, CHROMIUM, TEXTAREA, serve, stop
+from test_browser_live import LONG, ask, browser, conversation, set_length, wait_streaming  # noqa: F401
+
+pytestmark = [
+    pytest.mark.enable_socket,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed"),
+]
+
+SIDEBAR = '[data-testid="stSidebar"]'
+PROGRESS = '[data-testid="stProgress"]'
+
+
+@pytest.fixture(scope="module")
+def models_server(tiny_qwen25, tiny_qwen3, tmp_path_factory):
+    """The app on the Qwen2.5-VL checkpoint of a models folder that also holds Qwen3-VL: (url, data folder)."""
+    models = tmp_path_factory.mktemp("models")
+    (models / "qwen25").symlink_to(tiny_qwen25, target_is_directory=True)
+    (models / "qwen3").symlink_to(tiny_qwen3, target_is_directory=True)
+    (models / "notes").mkdir()  # not a checkpoint: never offered
+    data = tmp_path_factory.mktemp("models-data")
+    # Answers run to their full length, so a switch has a running answer to wait for while the page watches.
+    proc, url, log = serve(models / "qwen25", data, VLASSIST_MIN_ANSWER_TOKENS="100000")
+    yield url, data
+    stop(proc, log)
+
+
+def open_model_section(tab):
+    """Open the sidebar's Model section; return it."""
+    tab.locator(SIDEBAR).locator("summary").filter(has_text=re.compile(r"Model$")).click()
+    section = tab.locator(f'{SIDEBAR} [data-testid="stExpander"]', has_text="In use")
+    section.get_by_text("In use").wait_for()
+    return section
+
+
+def listed(tab, section) -> list[str]:
+    """The models the section's list offers (its dropdown opened and closed again)."""
+    section.get_by_role("combobox").click()
+    options = tab.locator('[role="option"]')
+    options.first.wait_for()
+    names = [text.strip() for text in options.all_inner_texts()]
+    tab.keyboard.press("Escape")
+    return names
+
+
+def test_first_visit_shows_the_load_progress_before_the_page(browser, models_server):  # noqa: F811
+    """The first visit draws the title, "Loading model…" and a progress bar with its stage, then the chat box."""
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(180_000)
+    tab.goto(models_server[0])
+    tab.get_by_text("Loading model…").wait_for()
+    tab.locator(PROGRESS).wait_for()
+    assert tab.locator("h1", has_text="vlassist").count() >= 1
+    # What happens now and for how long, e.g. "Reading weights: 0.01 of 0.02 GiB · 12 s".
+    tab.wait_for_function("sel => /· \\d+ s/.test(document.querySelector(sel)?.innerText || '')", arg=PROGRESS)
+    tab.wait_for_selector(TEXTAREA)
+    assert tab.locator(PROGRESS).count() == 0  # the progress view is gone once the model is ready
+    context.close()
+
+
+def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_server):  # noqa: F811
+    """Both checkpoints are listed; Load shows the switch's progress while the running answer ends on the old
+    model, and the next answer is stored as Qwen3-VL's."""
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(180_000)
+    tab.goto(models_server[0])
+    tab.wait_for_selector(TEXTAREA)
+    section = open_model_section(tab)
+    assert "qwen25" in section.locator("p", has_text="In use").inner_text()
+    assert listed(tab, section) == ["qwen25 · qwen2_5_vl (in use)", "qwen3 · qwen3_vl"]
+    section.get_by_role("combobox").click()
+    tab.locator('[role="option"]', has_text="qwen3 ").click()
+    set_length(tab, LONG)
+    ask(tab, "Written by the first model")
+    wait_streaming(tab)
+    section.get_by_role("button", name="Load").click()
+    tab.get_by_text("Switching the model to").wait_for()
+    tab.locator(PROGRESS).wait_for()
+    tab.get_by_text("Waiting for the running answer to finish").first.wait_for()
+    tab.locator(PROGRESS).wait_for(state="detached")  # the switch is done and the page drawn again
+    tab.wait_for_selector(TEXTAREA)
+    first = conversation(models_server[1], "Written by the first model").messages[-1]
+    assert first.status == "complete" and first.model_family == "qwen2_5_vl"
+    section = open_model_section(tab)
+    assert "qwen3" in section.locator("p", has_text="In use").inner_text()
+    if tab.locator('[data-testid="stSlider"]', has_text="Answer length").is_visible():
+        tab.get_by_text("Settings", exact=True).click()  # set_length opens the settings again
+    set_length(tab, "128")
+    ask(tab, "Which model answers now")
+    tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for()
+    answer = conversation(models_server[1], "Which model answers now").messages[-1]
+    assert answer.status == "complete" and answer.model_family == "qwen3_vl"
+    assert answer.model.endswith("qwen3")
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def remote_models_page(tiny_qwen25, tmp_path_factory):
+    """The page on a `vlassist serve` process (no model of its own): its URL."""
+    logs = tmp_path_factory.mktemp("remote-models")
+    api, api_url = start_serve(tiny_qwen25, logs / "serve.log")
+    data = tmp_path_factory.mktemp("remote-models-data")
+    proc, url, log = serve(logs / "no-model-here", data, VLASSIST_BACKEND_URL=api_url)
+    yield url
+    stop(proc, log)
+    stop_serve(api)
+
+
+def test_remote_page_lists_the_servers_models(browser, remote_models_page):  # noqa: F811
+    """With a remote backend the Model section lists what the server's /v1/models names, not local folders."""
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(180_000)
+    tab.goto(remote_models_page)
+    tab.wait_for_selector(TEXTAREA)
+    section = open_model_section(tab)
+    section.get_by_text("Models on the server").wait_for()
+    assert listed(tab, section) == ["qwen2_5_vl · qwen2_5_vl (in use)"]
+    context.close()
