@@ -6,7 +6,7 @@ from vlassist.ui import attach, chat, launch, live, models_panel, resources, set
 
 launch.keep_local()  # also under a plain `streamlit run`: no address lookups off the machine
 
-st.set_page_config(page_title="vlassist", page_icon=":material/image_search:", layout="wide")
+st.set_page_config(page_title="vlassist", page_icon=resources.app_icon(), layout="wide")
 
 settings = resources.settings_or_stop()
 owner = resources.owner_or_stop(settings)

@@ -83,8 +83,9 @@ def reopen(conversation_id: int) -> AppTest:
 
 
 def downloads(at) -> set[str]:
-    # AppTest exposes download buttons as unknown elements carrying their label; the sidebar has export ones.
-    return {el.proto.label for el in at.main.get("download_button")}
+    # AppTest exposes download buttons as unknown elements carrying their label; only the answers' own count (the
+    # conversation's export buttons sit in its menu beside the title).
+    return {el.proto.label for message in at.chat_message for el in message.get("download_button")}
 
 
 # ---- JSON extraction ----

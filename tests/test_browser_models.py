@@ -97,8 +97,11 @@ def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_
         tab.get_by_text("Settings", exact=True).click()  # set_length opens the settings again
     set_length(tab, "128")
     ask(tab, "Which model answers now")
-    tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for()
-    answer = conversation(models_server[1], "Which model answers now").messages[-1]
+    # A follow-up in the open conversation: the switch keeps the page on it; the new answer names the new model.
+    tab.locator(ASSISTANT).nth(1).get_by_text("tokens/s").wait_for()
+    messages = conversation(models_server[1], "Written by the first model").messages
+    assert len(messages) == 4
+    answer = messages[-1]
     assert answer.status == "complete" and answer.model_family == "qwen3_vl"
     assert answer.model.endswith("qwen3")
     context.close()

@@ -18,6 +18,19 @@ MAX_OWNER_LENGTH = 200
 log = logging.getLogger(__name__)
 
 
+@st.cache_resource(show_spinner=False)
+def app_icon():
+    """The tab's icon, drawn here: a Material page icon would make the browser fetch it from Google's servers."""
+    from PIL import Image, ImageDraw
+
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle([2, 2, 61, 61], radius=14, fill=(38, 99, 235, 255))
+    draw.rectangle([14, 18, 50, 46], outline=(255, 255, 255, 255), width=4)  # a picture frame
+    draw.polygon([(18, 42), (28, 28), (36, 38), (41, 32), (47, 42)], fill=(255, 255, 255, 255))  # hills
+    return icon
+
+
 def settings_or_stop() -> Settings:
     """Settings from the environment, or an error page naming the bad variable."""
     try:
