@@ -28,6 +28,7 @@ def test_attached_image_shows_its_sizes_and_visual_tokens_before_send(page, serv
     tile.get_by_text("visual tokens").wait_for()
     text = tile.inner_text()
     assert "90×120 PNG" in text and "model sees" in text
+    page.locator(AREA).locator("img").first.wait_for()  # the preview may arrive a moment after its caption
     assert page.locator(AREA).locator("img").count() == 1
     assert page.locator(ASSISTANT).count() == 0
 
