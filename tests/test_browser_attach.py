@@ -42,7 +42,15 @@ def test_damaged_file_is_refused_beside_the_chat_box_and_the_typed_text_stays(pa
     refusal = page.get_by_text("Not attached — broken.png")
     refusal.wait_for()
     page.locator(AREA).get_by_text("good.png").wait_for()
-    error_box, chat_box = refusal.bounding_box(), page.locator(TEXTAREA).bounding_box()
+    page.locator(AREA).locator("img").first.wait_for()
+    boxes = None
+    for _ in range(20):  # the layout moves while previews arrive: measure once it stands still
+        now = (refusal.bounding_box(), page.locator(TEXTAREA).bounding_box())
+        if now == boxes:
+            break
+        boxes = now
+        page.wait_for_timeout(300)
+    error_box, chat_box = boxes
     viewport = page.viewport_size
     assert 0 <= error_box["y"] and error_box["y"] + error_box["height"] <= viewport["height"]
     assert 0 <= chat_box["y"] - (error_box["y"] + error_box["height"]) < 250  # just above the chat box
