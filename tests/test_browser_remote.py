@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import pytest
 from api_support import start_serve, stop_serve
-from test_browser import ASSISTANT, CHROMIUM, open_tab, serve, stop
+from conftest import image_bytes
+from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, open_tab, serve, stop
 from test_browser_live import STOPPED, ask, browser, conversation, set_length, wait_streaming  # noqa: F401
 
 pytestmark = [
@@ -40,4 +43,39 @@ def test_page_answers_through_the_remote_server_and_stops(browser, remote_page):
     tab.locator(ASSISTANT).last.get_by_text(STOPPED).wait_for(timeout=20_000)
     answer = conversation(remote_page[1], "Answer from far away").messages[-1]
     assert answer.status == "interrupted" and answer.text and answer.model_family == "qwen2_5_vl"
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def remote_json_page(tiny_qwen25, tmp_path_factory):
+    """A `vlassist serve` process and a page on it whose answers end when the model ends them: (URL, data)."""
+    logs = tmp_path_factory.mktemp("remote-json")
+    api, api_url = start_serve(tiny_qwen25, logs / "serve.log")
+    data = tmp_path_factory.mktemp("remote-json-data")
+    proc, url, log = serve(logs / "no-model-here", data, VLASSIST_BACKEND_URL=api_url,
+                           VLASSIST_BACKEND_FAMILY="qwen2_5_vl")
+    yield url, data
+    stop(proc, log)
+    stop_serve(api)
+
+
+def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remote_json_page):  # noqa: F811
+    """Extract JSON with named fields through the remote server: the answer follows the schema (sent as
+    response_format) and the page shows it as a field table, with the raw text folded away."""
+    context, tab = open_tab(browser, remote_json_page[0])
+    tab.locator('.st-key-presets button:visible', has_text="Extract JSON").click()
+    tab.locator('input[aria-label^="Fields"]').fill("total:number, paid:boolean")
+    tab.locator('input[aria-label^="Fields"]').press("Enter")
+    tab.get_by_text("valid against this schema").wait_for()
+    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 60))).decode())
+    tab.wait_for_selector('[data-testid="stFileChip"]')
+    tab.locator(TEXTAREA).press("Enter")  # the preset's prompt as filled in
+    tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for(timeout=180_000)
+    answer = tab.locator(ASSISTANT).last
+    answer.locator('[data-testid="stDataFrame"]').wait_for()
+    assert answer.get_by_text("Answer text").count() == 1  # the raw JSON sits folded under the table
+    [stored] = [m for m in conversation(remote_json_page[1], "Extract JSON · clipboard.png").messages
+                if m.role == "assistant"]
+    value = json.loads(stored.text)
+    assert set(value) == {"total", "paid"} and stored.model_family == "qwen2_5_vl"
     context.close()
