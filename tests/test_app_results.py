@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from vlassist.answers.annotate import crop_box
 from vlassist.answers.parsing import Box, parse_boxes, validation_errors
 from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt
-from vlassist.answers.schemas import fields_schema, template_schema
+from vlassist.answers.schemas import boxes_schema, fields_schema, template_schema
 from vlassist.conversation import Stats
 from vlassist.images import Sizing, load_image
 from vlassist.store.history import History, NewImage
@@ -183,6 +183,24 @@ def test_find_objects_preset_asks_in_the_family_format(family_env, request):
     at.text_input(key="grounding_target").input("pressure gauge").run()
     assert at.chat_input(key="chat_input").value == grounding_prompt(family, "pressure gauge")
 
+
+
+def test_find_objects_holds_the_answer_to_the_box_list_unless_turned_off(app_env):
+    """"Find objects" sends the family's box schema with the question (the answer is stored under it); with
+    "Strict box list" unticked the next question goes out free."""
+    at = start_app()
+    at.button(key="preset_grounding").click().run()
+    ask_app(at, grounding_prompt("qwen2_5_vl", "gauge"), ("panel.png", panel_png(), "image/png"), length=400)
+    answer = stored(app_env)[0].messages[1]
+    assert answer.preset == "grounding"
+    assert json.loads(answer.options["json_schema"]) == boxes_schema("qwen2_5_vl")
+    # strict=False: the grammar lets raw control characters into a random model's label
+    assert validation_errors(json.loads(answer.text, strict=False), boxes_schema("qwen2_5_vl")) == ()
+    at.button(key="preset_grounding").click().run()
+    at.checkbox(key="grounding_strict").uncheck().run()
+    ask_app(at, grounding_prompt("qwen2_5_vl", "dial"), length=8)
+    follow_up = stored(app_env)[0].messages[3]
+    assert follow_up.preset == "grounding" and follow_up.options.get("json_schema") is None
 
 @pytest.mark.parametrize("family", list(BOX_ANSWERS))
 def test_boxes_answer_from_history_is_drawn_in_original_pixels(app_env, family):

@@ -12,6 +12,9 @@ from conftest import image_bytes
 from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, open_tab, serve, stop
 from test_browser_live import STOPPED, ask, browser, conversation, set_length, wait_streaming  # noqa: F401
 
+from vlassist.answers.parsing import parse_boxes
+from vlassist.answers.schemas import boxes_schema
+
 pytestmark = [
     pytest.mark.enable_socket,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed"),
@@ -78,4 +81,30 @@ def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remo
                 if m.role == "assistant"]
     value = json.loads(stored.text)
     assert set(value) == {"total", "paid"} and stored.model_family == "qwen2_5_vl"
+    context.close()
+
+
+def test_boxes_view_on_a_remote_server_draws_the_listed_boxes(browser, remote_json_page):  # noqa: F811
+    """Find objects through the remote server: the box list schema goes as response_format, and the page draws
+    every box the answer lists on the image, with the box table and its downloads."""
+    context, tab = open_tab(browser, remote_json_page[0])
+    tab.locator('.st-key-presets button:visible', has_text="Find objects").click()
+    tab.get_by_text("Strict box list").wait_for()
+    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((200, 150), (255, 255, 255))).decode())
+    tab.wait_for_selector('[data-testid="stFileChip"]')
+    tab.locator(TEXTAREA).press("Enter")
+    tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for(timeout=180_000)
+    [stored] = [m for m in conversation(remote_json_page[1], "Find objects · clipboard.png").messages
+                if m.role == "assistant"]
+    assert stored.model_family == "qwen2_5_vl" and json.loads(stored.options["json_schema"]) == boxes_schema(
+        "qwen2_5_vl")
+    [sizing] = stored.stats.images
+    boxes = parse_boxes(stored.text, "qwen2_5_vl", sizing.input_size, sizing.original_size)
+    assert boxes, f"the random model listed no boxes: {stored.text!r}"
+    answer = tab.locator(ASSISTANT).last
+    answer.get_by_text(f"{len(boxes)} found").wait_for()
+    answer.locator('[data-testid="stImage"] img').first.wait_for()  # the image with the boxes drawn
+    answer.locator('[data-testid="stDataFrame"]').wait_for()  # the box table
+    for name in ("JSON", "CSV", "COCO"):  # the downloads, one of each
+        answer.get_by_role("button", name=name, exact=True).wait_for()
     context.close()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import image_bytes
 
-from vlassist.answers.parsing import extract_json, validation_errors
-from vlassist.answers.schemas import fields_schema, template_schema
+from vlassist.answers.parsing import extract_json, parse_boxes, validation_errors
+from vlassist.answers.schemas import boxes_schema, fields_schema, template_schema
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.engine.constrained import SchemaError, schema_logits_processor
 from vlassist.images import load_image
@@ -63,6 +63,23 @@ def test_engine_seam_constrains_answer(engine):
     text = reply.consume()
     assert reply.stats.stop_reason == "eos"
     assert extract_json(text, schema).valid
+
+
+def test_strict_box_answer_parses_into_every_box_it_lists(engine):
+    """A "Find objects" answer held to the family's box schema ends by itself, validates, and every item it
+    lists becomes a box inside the original image, even from random weights."""
+    schema = boxes_schema(engine.info.family)
+    image = load_image(image_bytes((200, 150)))
+    reply = engine.stream([Turn("user", "Locate every object as JSON boxes.", [image])],
+                          GenerationOptions(max_new_tokens=400, json_schema=json.dumps(schema)))
+    text = reply.consume()
+    assert reply.stats.stop_reason == "eos", text
+    items = json.loads(text, strict=False)  # the grammar lets raw control characters into a label
+    assert validation_errors(items, schema) == ()
+    [sizing] = reply.stats.images
+    boxes = parse_boxes(text, engine.info.family, sizing.input_size, sizing.original_size)
+    assert len(boxes) == len(items)
+    assert all(0 <= b.x1 <= b.x2 <= 200 and 0 <= b.y1 <= b.y2 <= 150 for b in boxes)
 
 
 def test_logits_wider_than_tokenizer(engine):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from vlassist.answers.schemas import TEMPLATES, fields_schema, template_schema
+from vlassist.answers.schemas import TEMPLATES, boxes_schema, fields_schema, template_schema
 from vlassist.errors import VlassistError
 
 
@@ -50,3 +50,17 @@ def test_date_format_compiles_to_a_calendar_grammar():
                                            strict_mode=True)
     assert accepts(grammar, '{"due": "2024-01-31"}') and accepts(grammar, '{"due": null}')
     assert not accepts(grammar, '{"due": "6320-71-71"}')
+
+
+def test_boxes_schema_follows_each_family_s_coordinates():
+    """The "Find objects" schema bounds corners by the family's grid (0-1000 for Qwen3-VL, input pixels for
+    Qwen2.5-VL) and is absent for Qwen2-VL, which answers with box tokens rather than JSON."""
+    assert boxes_schema("qwen2_vl") is None
+    for family, top in (("qwen3_vl", 1000), ("qwen2_5_vl", 32767)):
+        schema = boxes_schema(family)
+        jsonschema.Draft202012Validator.check_schema(schema)
+        valid = [{"bbox_2d": [0, 5, top, top], "label": "gauge"}]
+        assert not list(jsonschema.Draft202012Validator(schema).iter_errors(valid))
+        for bad in ([{"bbox_2d": [0, 5, top + 1, 9], "label": "gauge"}], [{"bbox_2d": [0, 5, 9], "label": "x"}],
+                    [{"bbox_2d": [0, 5, 9, 9]}]):
+            assert list(jsonschema.Draft202012Validator(schema).iter_errors(bad)), bad

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from vlassist.errors import VlassistError
+from vlassist.families import BOX_JSON, RELATIVE, RELATIVE_SCALE, family
 
 
 class SchemaError(VlassistError):
@@ -140,3 +141,23 @@ def fields_schema(fields: str | list[str]) -> dict:
             raise VlassistError(f"field {name!r} is named twice")
         properties[name] = FIELD_TYPES[kind]
     return _obj(properties, nullable=tuple(properties))
+
+
+# The longest side a model input can have, in pixels: bounds absolute box coordinates so a constrained answer
+# cannot spin out an endless number (real coordinates never come near it; parse_boxes clamps to the image).
+_MAX_INPUT_SIDE = 32767
+_MAX_LABEL = 120  # characters: a label names a thing, it does not describe it
+
+
+def boxes_schema(model_type: str) -> dict | None:
+    """The JSON Schema of a "Find objects" answer for this family: a list of {"bbox_2d": [x1, y1, x2, y2],
+    "label"} in the family's coordinates; None for families that answer with box tokens instead of JSON."""
+    known = family(model_type)
+    if known.box_format != BOX_JSON:
+        return None
+    top = int(RELATIVE_SCALE) if known.coordinates == RELATIVE else _MAX_INPUT_SIDE
+    corner = {"type": "integer", "minimum": 0, "maximum": top}
+    return {"type": "array", "items": _obj({
+        "bbox_2d": {"type": "array", "items": corner, "minItems": 4, "maxItems": 4},
+        "label": {"type": "string", "maxLength": _MAX_LABEL},
+    })}

@@ -297,6 +297,8 @@ def ask(submission, engine, service: AnswerService, store: OwnerStore, options: 
             _refuse(f"Not sent — the JSON shape cannot be used: {exc}. Fix it under the presets and send "
                     "again; your question and images are kept.", text, boxed)
         options, text = replace(options, json_schema=schema), tasks.json_question(text, schema)
+    elif preset == "grounding" and engine.info.family in BOX_FAMILIES:
+        options = replace(options, json_schema=tasks.grounding_schema(engine.info.family))
     st.session_state.pop(tasks.PRESET_KEY, None)
     st.session_state.pop(tasks.FILLED_KEY, None)
     attach.clear()  # the images go with the question now; a refused send puts them back

@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
-from vlassist.answers.schemas import TEMPLATES, fields_schema, load_schema, template_schema
+from vlassist.answers.schemas import TEMPLATES, boxes_schema, fields_schema, load_schema, template_schema
 from vlassist.errors import VlassistError
 from vlassist.store.records import make_title
 from vlassist.ui.settings_panel import set_decoding
@@ -16,7 +16,8 @@ CHAT_KEY = "chat_input"
 PRESET_KEY = "active_preset"
 JSON_SOURCES = {"fields": "Name fields", "template": "Template", "schema": "Paste JSON Schema"}
 # Widget values kept across reruns even while their widget is hidden (another source chosen).
-_KEPT = ("json_source", "json_fields", "json_template", "json_schema_text", "grounding_target")
+_KEPT = ("json_source", "json_fields", "json_template", "json_schema_text", "grounding_target",
+         "grounding_strict")
 
 
 FILLED_KEY = "preset_filled_text"  # the prompt a preset put in the chat box: not the user's own words
@@ -68,6 +69,17 @@ def render_task_options(family: str) -> None:
         st.text_input("What to find", key="grounding_target", placeholder="e.g. gauge, red button, person",
                       on_change=_retarget, args=(family,),
                       help="Rewrites the prompt in the phrasing this model family was trained on.")
+        if boxes_schema(family) is not None:
+            st.checkbox("Strict box list", key="grounding_strict", value=True,
+                        help="Constrain the answer to a JSON list of boxes and labels, so it always parses into "
+                             "boxes. Turn off for a server that cannot follow a JSON Schema.")
+
+
+def grounding_schema(family: str) -> str | None:
+    """The JSON Schema a "Find objects" answer is held to (text), or None when the user turned it off or the
+    family answers with box tokens."""
+    schema = boxes_schema(family) if st.session_state.get("grounding_strict", True) else None
+    return json.dumps(schema) if schema is not None else None
 
 
 def _retarget(family: str) -> None:
