@@ -31,9 +31,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def client_main(url: str, folder: Path, tokens: int, sequential: int, concurrent: int) -> dict:
-    """The client process: pairs of streamed requests (1 token, then `tokens`) one after another, then `concurrent`
-    `tokens`-long requests at once."""
+def client_main(url: str, folder: Path, tokens: int, first: int, sequential: int, concurrent: int) -> dict:
+    """The client process: a warm-up request, then pairs of streamed requests (1 token, then `tokens`) on the images
+    from number `first` on, one after another; then `concurrent` `tokens`-long requests at once."""
     import openai
 
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
@@ -42,7 +42,7 @@ def client_main(url: str, folder: Path, tokens: int, sequential: int, concurrent
     def one(path: Path, length: int) -> dict:
         data = base64.b64encode(path.read_bytes()).decode()
         started = time.perf_counter()
-        usage = None
+        usage, first_text, job = None, None, None
         stream = client.chat.completions.create(
             model="default", stream=True, stream_options={"include_usage": True}, max_tokens=length,
             temperature=0, extra_body={"min_tokens": length},
@@ -52,16 +52,27 @@ def client_main(url: str, folder: Path, tokens: int, sequential: int, concurrent
         for chunk in stream:
             if chunk.usage:
                 usage = chunk.usage
+            if first_text is None and chunk.choices and chunk.choices[0].delta.content:
+                first_text = time.perf_counter() - started
+            job = ((chunk.model_extra or {}).get("vlassist") or {}).get("stats", {}).get("job") or job
         ended = time.perf_counter()
-        return {"total_s": ended - started, "tokens": usage.completion_tokens if usage else 0,
-                "started": started, "ended": ended}
+        phases = None
+        if job:  # the server's clock is this machine's monotonic clock too (perf_counter on Linux)
+            phases = {"job": job["id"], "to_queue_ms": 1000 * (job["submitted"] - started),
+                      "queued_ms": 1000 * (job["started"] - job["submitted"]),
+                      "engine_ms": 1000 * (job["finished"] - job["started"]),
+                      "to_client_end_ms": 1000 * (ended - job["finished"]), "finished": job["finished"]}
+        return {"total_s": ended - started, "first_text_s": first_text, "phases": phases,
+                "tokens": usage.completion_tokens if usage else 0, "started": started, "ended": ended}
 
-    one(files[0], tokens)  # the first request warms the HTTP path and the image decoder
-    pairs = [(one(files[1 + 2 * i], 1), one(files[2 + 2 * i], tokens)) for i in range(sequential)]
-    batch = files[1 + 2 * sequential:1 + 2 * sequential + concurrent]
+    one(files[0], tokens)  # warms the client, the HTTP path and the image decoder
+    pairs = [(one(files[first + 2 * i], 1), one(files[first + 2 * i + 1], tokens)) for i in range(sequential)]
+    together = []
     started = time.perf_counter()
-    with ThreadPoolExecutor(concurrent) as pool:
-        together = list(pool.map(lambda path: one(path, tokens), batch))
+    if concurrent:
+        batch = files[first + 2 * sequential:first + 2 * sequential + concurrent]
+        with ThreadPoolExecutor(concurrent) as pool:
+            together = list(pool.map(lambda path: one(path, tokens), batch))
     return {"pairs": pairs, "concurrent": together, "concurrent_total_s": time.perf_counter() - started}
 
 
@@ -97,12 +108,57 @@ def _in_process(engine, images: list[bytes], tokens: int) -> list[dict]:
     def one(data: bytes, length: int) -> dict:
         options = GenerationOptions(max_new_tokens=length, min_new_tokens=length, max_image_tokens=16384)
         started = time.perf_counter()
-        reply = engine.stream([Turn("user", "Describe this image.", [load_image(data)])], options)
+        image = load_image(data)
+        decoded = time.perf_counter()
+        reply = engine.stream([Turn("user", "Describe this image.", [image])], options)
         for _ in reply:
             pass
-        return {"total_s": time.perf_counter() - started, "tokens": reply.stats.new_tokens}
+        ended = time.perf_counter()
+        return {"total_s": ended - started, "tokens": reply.stats.new_tokens,
+                "decode_image_ms": 1000 * (decoded - started), "engine_ms": 1000 * (ended - decoded)}
 
     return [(one(images[2 * i], 1), one(images[2 * i + 1], tokens)) for i in range(len(images) // 2)]
+
+
+def _stamped(app, service):
+    """The app wrapped to note, per request on the server's clock, when its headers arrived, when its images
+    started and finished decoding, and when admission began and its job was queued: (app, {job id: marks})."""
+    from vlassist.api import convert
+
+    stamps: dict[str, dict] = {}
+    now: dict[str, dict] = {"marks": {}}  # the request being read (they come one at a time where marks are read)
+    to_turns, submit = convert.to_turns, service.submit
+
+    def timed_to_turns(body):
+        now["marks"]["turns"] = time.monotonic()
+        try:
+            return to_turns(body)
+        finally:
+            now["marks"]["turns_done"] = time.monotonic()
+
+    def timed_submit(request, admitted=False):
+        marks = now["marks"]
+        marks["submit"] = time.monotonic()
+        job = submit(request, admitted)
+        stamps[job.id] = marks  # the reply's end is noted in the same dict later
+        marks["submitted"] = job.submitted
+        return job
+
+    convert.to_turns, service.submit = timed_to_turns, timed_submit
+
+    async def stamped(scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            return await app(scope, receive, send)
+        mark = now["marks"] = {"arrived": time.monotonic()}
+
+        async def noted_send(message):
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                mark["sent"] = time.monotonic()  # the reply's last byte handed to the socket
+
+        await app(scope, receive, noted_send)
+
+    return stamped, stamps
 
 
 def _rates(pairs, tokens: int) -> tuple[list[float], list[float]]:
@@ -117,16 +173,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny checkpoint instead of the 7B architecture")
     parser.add_argument("--tokens", type=int, default=256, help="forced answer length")
-    parser.add_argument("--repeats", type=int, default=5, help="sequential requests per path")
+    parser.add_argument("--repeats", type=int, default=4, help="sequential pairs per path in each round")
     parser.add_argument("--concurrent", type=int, default=8, help="clients at once")
     parser.add_argument("--size", default="1024x1024")
     parser.add_argument("--cap-gb", type=float, default=24.0)
     parser.add_argument("--cache-dir")
     parser.add_argument("--out", default="api.json")
-    parser.add_argument("--client", nargs=2, metavar=("URL", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternate in-process and API rounds of --repeats pairs each (drift hits both alike)")
+    parser.add_argument("--client", nargs=3, metavar=("URL", "FOLDER", "FIRST"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        result = client_main(args.client[0], Path(args.client[1]), args.tokens, args.repeats, args.concurrent)
+        result = client_main(args.client[0], Path(args.client[1]), args.tokens, int(args.client[2]), args.repeats,
+                             args.concurrent)
         print(json.dumps(result))
         return 0
 
@@ -154,16 +213,14 @@ def main(argv=None) -> int:
     print(f"engine ready: decode={info.decode}", flush=True)
 
     folder = Path(tempfile.mkdtemp())
-    count = 1 + 2 * args.repeats + args.concurrent
     size = tuple(int(v) for v in args.size.split("x"))
-    sent = _images(folder, count, size, seed=0)
-    local_images = _images(Path(tempfile.mkdtemp()), 2 + 2 * args.repeats, size, seed=10_000)
-    # In-process first (a warm-up pair, then distinct images), then the same engine behind the API.
-    _in_process(engine, local_images[:2], args.tokens)
-    local_pairs = _in_process(engine, local_images[2:], args.tokens)
+    per_round = 2 * args.repeats
+    sent = _images(folder, 1 + per_round * args.rounds + args.concurrent, size, seed=0)
+    local_images = _images(Path(tempfile.mkdtemp()), 2 + per_round * args.rounds, size, seed=10_000)
+    _in_process(engine, local_images[:2], args.tokens)  # warm-up pair
 
     service = AnswerService(engine, admission=[context_admission(engine, 16384, 20000)])
-    app = create_app(service, engine.settings, model_id="default", family=info.family)
+    app, stamps = _stamped(create_app(service, engine.settings, model_id="default", family=info.family), service)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -172,12 +229,34 @@ def main(argv=None) -> int:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    out = subprocess.run([sys.executable, __file__, "--client", url, str(folder), "--tokens", str(args.tokens),
-                          "--repeats", str(args.repeats), "--concurrent", str(args.concurrent)],
-                         capture_output=True, text=True, check=True)
-    api = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def client(first: int, repeats: int, concurrent: int) -> dict:
+        out = subprocess.run([sys.executable, __file__, "--client", url, str(folder), str(first), "--tokens",
+                              str(args.tokens), "--repeats", str(repeats), "--concurrent", str(concurrent)],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    # Rounds alternate the two paths on the same engine, each on images of its own (no prefix reuse).
+    local_pairs, api_pairs = [], []
+    for r in range(args.rounds):
+        local_pairs += _in_process(engine, local_images[2 + r * per_round:2 + (r + 1) * per_round], args.tokens)
+        api_pairs += client(1 + r * per_round, args.repeats, 0)["pairs"]
+    api = client(1 + per_round * args.rounds, 0, args.concurrent)
+    api["pairs"] = api_pairs
+    for short, long in api_pairs:  # the server's side of each request, on the same clock
+        for one in (short, long):
+            mark = stamps.get(one["phases"]["job"]) if one["phases"] else None
+            if mark:
+                start = one["started"]
+                one["phases"].update(
+                    sdk_and_http_ms=1000 * (mark["arrived"] - start), body_ms=1000 * (mark["turns"] - mark["arrived"]),
+                    to_turns_ms=1000 * (mark["turns_done"] - mark["turns"]),
+                    admission_ms=1000 * (mark["submitted"] - mark["submit"]),
+                    server_end_ms=1000 * (mark["sent"] - one["phases"]["finished"]),
+                    client_end_ms=1000 * (one["ended"] - mark["sent"]))
     server.should_exit = True
     thread.join(10)
+    service.close()
     in_process_8 = sum(long["total_s"] for _, long in local_pairs)
     in_process_8 *= args.concurrent / len(local_pairs)  # the same number of answers as the concurrent clients
     local_first, local_rate = _rates(local_pairs, args.tokens)
@@ -195,6 +274,13 @@ def main(argv=None) -> int:
             "concurrent_clients": args.concurrent, "concurrent_total_s": api["concurrent_total_s"],
             "in_process_sequential_total_s": in_process_8,
             "png_kb_median": statistics.median(len(b) for b in sent) / 1024,
+            "api_first_token_phases_ms": {
+                k: statistics.median(short["phases"][k] for short, _ in api["pairs"])
+                for k in ("to_queue_ms", "queued_ms", "engine_ms", "to_client_end_ms", "sdk_and_http_ms",
+                          "body_ms", "to_turns_ms", "admission_ms", "server_end_ms", "client_end_ms")
+            } if all(short["phases"] for short, _ in api["pairs"]) else None,
+            "in_process_first_token_phases_ms": {
+                k: statistics.median(short[k] for short, _ in local_pairs) for k in ("decode_image_ms", "engine_ms")},
         },
     }
     s = result["summary"]
@@ -205,6 +291,11 @@ def main(argv=None) -> int:
           f" {s['api_first_token_ms'] - s['in_process_first_token_ms']:+9.1f}")
     print(f"{'decode tok/s (median)':>22} {s['in_process_tok_s']:11.1f} {s['api_tok_s']:9.1f}"
           f" {100 * (s['api_tok_s'] / s['in_process_tok_s'] - 1):+8.1f}%")
+    print("1-token answer in process, median ms: " + ", ".join(
+        f"{k[:-3]} {v:.1f}" for k, v in s["in_process_first_token_phases_ms"].items()))
+    if s["api_first_token_phases_ms"]:
+        print("1-token answer over the API, median ms: " + ", ".join(
+            f"{k[:-3]} {v:.1f}" for k, v in s["api_first_token_phases_ms"].items()))
     print(f"{args.concurrent} clients at once: {s['concurrent_total_s']:.1f} s total over the API; the same "
           f"{args.concurrent} answers one after another in process: {in_process_8:.1f} s")
     return 0

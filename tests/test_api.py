@@ -118,6 +118,13 @@ def test_garbage_base64_is_refused_with_the_reason(client, url, why):
     assert why in caught.value.response.json()["error"]["message"]
 
 
+def test_base64_wrapped_in_lines_is_accepted(client):
+    """An image whose base64 is wrapped in 76-character lines (as MIME tools write it) is answered."""
+    head, payload = data_url().split(",", 1)
+    wrapped = head + "," + "\r\n".join(payload[i:i + 76] for i in range(0, len(payload), 76))
+    reply = client.chat.completions.create(model="any", max_tokens=2, messages=[image_message("hi", wrapped)])
+    assert reply.usage.prompt_tokens > 0 and reply.choices[0].finish_reason in ("stop", "length")
+
 def test_a_question_over_the_limit_gets_413(client):
     """A question longer than the server's limit is refused before queueing with 413 and the page's message."""
     with pytest.raises(openai.APIStatusError) as caught:

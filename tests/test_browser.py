@@ -108,10 +108,17 @@ def page(browser, server):
     context.close()
 
 
+def press_send(tab) -> None:
+    """Press Enter in the chat box once it can send: not while an attachment is still uploading, when Enter
+    does nothing (a slow upload on a loaded machine would otherwise lose the question)."""
+    tab.wait_for_selector('[data-testid="stChatInputSubmitButton"]:enabled')
+    tab.locator(TEXTAREA).press("Enter")
+
+
 def send(page, question: str) -> None:
     page.wait_for_selector('[data-testid="stFileChip"]')
     page.locator(TEXTAREA).fill(question)
-    page.locator(TEXTAREA).press("Enter")
+    press_send(page)
 
 
 def open_from_sidebar(page, server, title: str) -> None:

@@ -12,7 +12,7 @@ import os
 
 import pytest
 from PIL import Image
-from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, USER, open_tab, serve, stop
+from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, USER, open_tab, press_send, serve, stop
 from test_browser_live import FINISHED, ask, set_length
 
 pytestmark = [
@@ -79,7 +79,7 @@ def test_refused_send_is_shown_next_to_the_chat_box_in_a_long_conversation(brows
     question = "Describe every detail of this picture once more. " * (MAX_QUESTION_CHARS // 40)
     assert len(question.strip()) > MAX_QUESTION_CHARS
     tab.locator(TEXTAREA).fill(question)
-    tab.locator(TEXTAREA).press("Enter")
+    press_send(tab)
     refusal = tab.locator('[data-testid="stAlert"]', has_text="Not sent")
     refusal.wait_for(timeout=60_000)
     tab.locator('[data-testid="stToast"]', has_text="Not sent").wait_for(timeout=10_000)
@@ -97,7 +97,7 @@ def test_bubble_says_thinking_from_send_until_the_first_token(browser, server):
     tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(big_png((30, 140, 90))).decode())
     tab.wait_for_selector('[data-testid="stFileChip"]')
     tab.locator(TEXTAREA).fill("What does this panel show?")
-    tab.locator(TEXTAREA).press("Enter")
+    press_send(tab)
     tab.wait_for_function(
         """([sel, cursor]) => { const m = document.querySelector(sel);
              if (!m || !m.innerText.includes("Thinking…") || m.innerText.includes(cursor)) return false;

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import image_bytes
-from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, USER, open_tab, serve, stop
+from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, USER, open_tab, press_send, serve, stop
 
 from vlassist.store.history import History
 
@@ -73,7 +73,7 @@ def ask(tab, question: str, image: bool = True) -> None:
         tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 60))).decode())
         tab.wait_for_selector('[data-testid="stFileChip"]')
     tab.locator(TEXTAREA).fill(question)
-    tab.locator(TEXTAREA).press("Enter")
+    press_send(tab)
 
 
 def live_text(tab) -> str:
@@ -236,7 +236,7 @@ def test_a_200k_character_question_is_refused_and_others_are_served(browser, tin
         (context_a, tab_a), (context_b, tab_b) = open_tab(browser, url), open_tab(browser, url)
         huge = "Describe every detail of this picture once more. " * 4100
         tab_a.locator(TEXTAREA).fill(huge)
-        tab_a.locator(TEXTAREA).press("Enter")
+        press_send(tab_a)
         tab_a.get_by_text("Not sent").wait_for(timeout=60_000)
         assert "over the limit" in tab_a.locator('[data-testid="stAlert"]').first.inner_text()
         assert tab_a.locator(TEXTAREA).input_value() == huge.strip()  # given back for editing

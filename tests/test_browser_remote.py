@@ -9,7 +9,7 @@ import os
 import pytest
 from api_support import start_serve, stop_serve
 from conftest import image_bytes
-from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, open_tab, serve, stop
+from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, open_tab, press_send, serve, stop
 from test_browser_live import STOPPED, ask, browser, conversation, set_length, wait_streaming  # noqa: F401
 
 from vlassist.answers.parsing import parse_boxes
@@ -72,7 +72,7 @@ def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remo
     tab.get_by_text("valid against this schema").wait_for()
     tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 60))).decode())
     tab.wait_for_selector('[data-testid="stFileChip"]')
-    tab.locator(TEXTAREA).press("Enter")  # the preset's prompt as filled in
+    press_send(tab)  # the preset's prompt as filled in
     tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for(timeout=180_000)
     answer = tab.locator(ASSISTANT).last
     answer.locator('[data-testid="stDataFrame"]').wait_for()
@@ -92,7 +92,7 @@ def test_boxes_view_on_a_remote_server_draws_the_listed_boxes(browser, remote_js
     tab.get_by_text("Strict box list").wait_for()
     tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((200, 150), (255, 255, 255))).decode())
     tab.wait_for_selector('[data-testid="stFileChip"]')
-    tab.locator(TEXTAREA).press("Enter")
+    press_send(tab)
     tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for(timeout=180_000)
     [stored] = [m for m in conversation(remote_json_page[1], "Find objects · clipboard.png").messages
                 if m.role == "assistant"]

@@ -12,7 +12,7 @@ import re
 import pytest
 import test_browser
 from conftest import image_bytes
-from test_browser import ASSISTANT, PASTE, TEXTAREA, serve, stop
+from test_browser import ASSISTANT, PASTE, TEXTAREA, press_send, serve, stop
 
 pytestmark = test_browser.pytestmark
 browser = test_browser.browser  # its fixture, reused
@@ -52,7 +52,7 @@ def _ask(tab, question: str, name: str = "clipboard.png") -> None:
     tab.wait_for_selector('[data-testid="stFileChip"]')
     if question:
         tab.locator(TEXTAREA).fill(question)
-    tab.locator(TEXTAREA).press("Enter")
+    press_send(tab)
     tab.locator(ASSISTANT).first.wait_for()
 
 

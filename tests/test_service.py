@@ -141,6 +141,22 @@ def test_chunks_follow_the_job_to_its_end(service):
     assert job.outcome == "complete" and job.stats.new_tokens == 40
 
 
+def test_change_listeners_see_every_change_and_cannot_break_the_answer(service):
+    """A job's change listener is told of its start, each chunk and its end (seeing the text grow to the whole
+    answer); a listener that raises does not fail the answer; a forgotten one is told nothing more."""
+    first = service.submit(Request(question(), LONG))  # keeps the next job queued while listeners are added
+    job = service.submit(Request(question(), GenerationOptions(max_new_tokens=30, min_new_tokens=30)))
+    seen: list[tuple[str, int]] = []
+    job.on_change(lambda: seen.append((job.state, len(job.text))))
+    job.on_change(lambda: 1 / 0)
+    forgotten: list[str] = []
+    job.on_change(lambda: forgotten.append(job.state))()  # forgotten at once
+    service.cancel(first.id)
+    assert job.wait(60) and job.outcome == "complete" and job.stats.new_tokens == 30
+    assert seen[0] == ("running", 0) and seen[-1] == ("done", len(job.text))
+    lengths = [n for _, n in seen]
+    assert lengths == sorted(lengths) and len(seen) >= 3 and not forgotten
+
 def test_admission_refuses_before_queueing(engine):
     """An admission check that raises refuses the request: nothing is queued."""
     from vlassist.errors import VlassistError

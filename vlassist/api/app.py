@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -139,12 +138,15 @@ class _Answer:
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 
-        def watch() -> None:  # a thread: Job.chunks blocks; each change wakes the event loop
-            for _ in self.job.chunks(poll_s=1.0):
-                loop.call_soon_threadsafe(changed.set)
-            loop.call_soon_threadsafe(changed.set)
+        # Each change of the job wakes the event loop straight from the worker thread.
+        forget = self.job.on_change(lambda: loop.call_soon_threadsafe(changed.set))
+        try:
+            async for piece in self._follow(changed):
+                yield piece
+        finally:
+            forget()
 
-        threading.Thread(target=watch, name=f"api-{self.job.id}", daemon=True).start()
+    async def _follow(self, changed: asyncio.Event) -> AsyncIterator[str]:
         sent, checked = 0, time.monotonic()
         while True:
             # Checked on a clock, not only when idle: a server that drops writes to a closed socket would
@@ -219,17 +221,18 @@ class _Answer:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
                 yield self._chunk(Delta(content=piece))
+            # The closing events go out in one write: the client's stream ends with no extra round of the loop.
             if (error := self._failed()) is not None:
-                yield f"data: {json.dumps(error.body())}\n\n"
+                closing = f"data: {json.dumps(error.body())}\n\n"
             else:
                 reason = convert.finish_reason(self.job.stats, self.cutter.hit)
-                yield self._chunk(Delta(), reason, vlassist=self._extension())
+                closing = self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
                 if options is not None and options.include_usage:
                     usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
                                                 usage=self._usage())
-                    yield f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
-            yield "data: [DONE]\n\n"
+                    closing += f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
+            yield closing + "data: [DONE]\n\n"
         except _ClientGone:
             return
         finally:

@@ -18,6 +18,7 @@ from .models import ChatRequest, ContentPart, Message
 HIGH_DETAIL_TOKENS = 4096  # `detail: high` budget per image (or the server default, if that is larger)
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,",
                        re.I)
+_WHITESPACE = re.compile(r"\s+")
 
 
 class ApiError(Exception):
@@ -45,10 +46,17 @@ def decode_image(url: str, where: str) -> LoadedImage:
     if head is None or not head.group("b64"):
         raise ApiError(400, f"{where}: the data: URL must be base64 (data:image/png;base64,…)", param=where,
                        code="invalid_image")
+    payload = text[head.end():]
     try:
-        data = base64.b64decode(re.sub(r"\s+", "", text[head.end():]), validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"{where}: the data: URL is not valid base64", param=where, code="invalid_image") from None
+        # Some clients wrap base64 in lines; stripping whitespace costs a pass over the whole image (milliseconds
+        # for a screenshot), so only a payload that failed as sent pays for it.
+        try:
+            data = base64.b64decode(_WHITESPACE.sub("", payload), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"{where}: the data: URL is not valid base64", param=where,
+                           code="invalid_image") from None
     try:
         return load_image(data, where)
     except VlassistError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from vlassist.conversation import GenerationOptions, Stats, Turn
+
+log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "done"]
 # How a finished job ended; "stopped" covers a cancel while queued as well as mid-answer.
@@ -61,6 +64,7 @@ class Job:
         self.finished: float | None = None
         self.cancel_event = threading.Event()
         self._changed = threading.Condition()
+        self._listeners: list[Callable[[], None]] = []
 
     @property
     def done(self) -> bool:
@@ -90,17 +94,42 @@ class Job:
             if done:
                 return
 
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` after every change (start, more text, the end); returns a function that stops it.
+
+        It runs on the worker thread, so it must be quick and must not block: an event loop's
+        call_soon_threadsafe, for instance, which spares a watching thread and its wake-up per chunk.
+        """
+        with self._changed:
+            self._listeners.append(callback)
+
+        def forget() -> None:
+            with self._changed:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return forget
+
+    def _tell(self) -> None:
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # a listener that went away (a closed event loop) must not stop the answer
+                log.debug("job %s: a change listener failed", self.id, exc_info=True)
+
     # ---- written by the service's worker thread only ----
 
     def _start(self) -> None:
         with self._changed:
             self.state, self.started = "running", time.monotonic()
             self._changed.notify_all()
+        self._tell()
 
     def _append(self, chunk: str) -> None:
         with self._changed:
             self.text += chunk
             self._changed.notify_all()
+        self._tell()
 
     def _end(self, outcome: Outcome, stats: Stats | None = None, error: str | None = None) -> None:
         with self._changed:
@@ -109,3 +138,4 @@ class Job:
                 self.stats = stats
             self.state = "done"
             self._changed.notify_all()
+        self._tell()
