@@ -103,13 +103,17 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
     async def chat(body: ChatRequest, request: Request):
         """Answer a conversation; `stream: true` sends OpenAI chunks as server-sent events, then `[DONE]`."""
         stops = convert.stop_strings(body)
-        # Decoding images is CPU work on untrusted bytes: off the event loop.
-        turns, details = await run_in_threadpool(convert.to_turns, body)
-        options = convert.to_options(body, details, settings)
-        try:
-            job = service.submit(JobRequest(turns, options))
-        except VlassistError as exc:
-            raise _admission_error(exc) from None
+
+        def queue() -> Job:
+            turns, details = convert.to_turns(body)
+            try:
+                return service.submit(JobRequest(turns, convert.to_options(body, details, settings)))
+            except VlassistError as exc:
+                raise _admission_error(exc) from None
+
+        # Decoding images and counting the prompt's tokens are CPU work (on untrusted bytes): off the event loop,
+        # in one hop, so the job is queued the moment its images are ready.
+        job = await run_in_threadpool(queue)
         answer = _Answer(service, job, request, StopCutter(stops), model_id, family, body)
         if body.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream",
