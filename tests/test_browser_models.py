@@ -35,9 +35,15 @@ def models_server(tiny_qwen25, tiny_qwen3, tmp_path_factory):
 
 def open_model_section(tab):
     """Open the sidebar's Model section; return it."""
-    tab.locator(SIDEBAR).locator("summary").filter(has_text=re.compile(r"Model$")).click()
+    summary = tab.locator(SIDEBAR).locator("summary").filter(has_text=re.compile(r"Model$"))
     section = tab.locator(f'{SIDEBAR} [data-testid="stExpander"]', has_text="In use")
+    if section.locator("details[open]").count() == 0:  # a click on an open section (kept open) would close it
+        summary.click()
     section.get_by_text("In use").wait_for()
+    # The expander grows open for about half a second with an inline height; a dropdown clicked while it grows
+    # is closed again when it settles, so wait for the inline height to go.
+    section.locator("details").first.wait_for()
+    tab.wait_for_function("el => !el.style.height", arg=section.locator("details").first.element_handle())
     return section
 
 

@@ -12,6 +12,7 @@ import re
 import pytest
 import test_browser
 from conftest import image_bytes
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from test_browser import ASSISTANT, PASTE, TEXTAREA, press_send, serve, stop
 
 pytestmark = test_browser.pytestmark
@@ -124,13 +125,22 @@ def _pick(tab, button: str, heading: str, shot=None) -> None:
     tab.wait_for_function("h => document.querySelector('h3')?.innerText.trim() === h", arg=heading)
 
 
-def _covered(tab) -> bool:
-    """Whether something else lies over the middle of the chat box (an open sidebar would)."""
-    return tab.locator(TEXTAREA).evaluate("""el => {
-        const r = el.getBoundingClientRect();
-        const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
-        return !(top === el || el.contains(top));
-    }""")
+COVERED = """el => {
+    const r = el.getBoundingClientRect();
+    const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    return !(top === el || el.contains(top));
+}"""
+
+
+def _uncovered(tab) -> bool:
+    """Whether nothing lies over the middle of the chat box (an open sidebar would) once the sidebar has slid
+    away: it slides for a moment after it is marked collapsed."""
+    try:
+        tab.locator(TEXTAREA).element_handle().wait_for_element_state("visible")
+        tab.wait_for_function(f"el => !({COVERED})(el)", arg=tab.locator(TEXTAREA).element_handle(), timeout=5_000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def test_picking_a_chat_on_a_narrow_screen_closes_the_sidebar(browser, app):
@@ -140,13 +150,13 @@ def test_picking_a_chat_on_a_narrow_screen_closes_the_sidebar(browser, app):
         _ask(tab, "Narrow screen question")
         _pick(tab, f'{SIDEBAR} button:has-text("New conversation")', "New conversation")
         tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="true"]', state="attached")
-        assert not _covered(tab)
+        assert _uncovered(tab)
         tab.locator(TEXTAREA).click(timeout=10_000)
         _pick(tab, '.st-key-history_list button:has-text("Narrow screen question")', "Narrow screen question",
               app[2] / "sidebar-open-narrow.png")
         tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="true"]', state="attached")
         tab.screenshot(path=str(app[2] / "after-pick-narrow.png"))
-        assert not _covered(tab)
+        assert _uncovered(tab)
         tab.locator(TEXTAREA).click(timeout=10_000)  # nothing covers the chat box any more
         tab.locator(TEXTAREA).fill("typed after the pick")
         assert tab.locator(TEXTAREA).input_value() == "typed after the pick"
