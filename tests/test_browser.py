@@ -115,6 +115,20 @@ def press_send(tab) -> None:
     tab.locator(TEXTAREA).press("Enter")
 
 
+def set_length(tab, tokens: str) -> None:
+    """Set the answer-length slider in the sidebar's settings."""
+    tab.get_by_text("Settings", exact=True).click()
+    slider = tab.locator('[data-testid="stSlider"]', has_text="Answer length").get_by_role("slider")
+    slider.focus()
+    slider.press("Home")  # the shortest length, then step up to the one wanted
+    for _ in range(20):
+        if slider.get_attribute("aria-valuetext") == tokens:
+            return
+        slider.press("ArrowRight")
+        tab.wait_for_timeout(50)
+    raise AssertionError(f"the answer-length slider has no {tokens}")
+
+
 def send(page, question: str) -> None:
     page.wait_for_selector('[data-testid="stFileChip"]')
     page.locator(TEXTAREA).fill(question)
@@ -163,11 +177,13 @@ def test_chosen_file_answer_can_be_stopped_and_keeps_partial_text(page, server, 
     with page.expect_file_chooser() as chooser:
         page.locator('[data-testid="stChatInputFileUploadButton"] button').click()
     chooser.value.set_files(str(picture))
+    # The longest answer length: the tiny model's greedy answer to this question runs to the limit, so it is
+    # still streaming when Stop is pressed, however slowly a loaded machine lets the click through.
+    set_length(page, "2048")
     send(page, title)
     answer = page.locator(ASSISTANT).last.locator('[data-testid="stMarkdownContainer"]').first
     answer.wait_for()
     page.wait_for_function("el => el.innerText.trim().length > 0", arg=answer.element_handle())
-    # The tiny model's greedy answer to this question runs to the length limit, so it is still streaming.
     page.locator(ASSISTANT).last.get_by_role("button", name="Stop").click()
     page.locator(ASSISTANT).last.get_by_text("Stopped — partial answer").wait_for()
     open_from_sidebar(page, server, title)

@@ -13,7 +13,18 @@ import time
 
 import pytest
 from conftest import image_bytes
-from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, USER, open_tab, press_send, serve, stop
+from test_browser import (  # noqa: F401  (set_length is shared from here too)
+    ASSISTANT,
+    CHROMIUM,
+    PASTE,
+    TEXTAREA,
+    USER,
+    open_tab,
+    press_send,
+    serve,
+    set_length,
+    stop,
+)
 
 from vlassist.store.history import History
 
@@ -51,20 +62,6 @@ def server(tiny_qwen25, tmp_path_factory):
     proc, url, log = start(tiny_qwen25, data)
     yield url, data
     stop(proc, log)
-
-
-def set_length(tab, tokens: str) -> None:
-    """Set the answer-length slider in the sidebar's settings."""
-    tab.get_by_text("Settings", exact=True).click()
-    slider = tab.locator('[data-testid="stSlider"]', has_text="Answer length").get_by_role("slider")
-    slider.focus()
-    slider.press("Home")  # the shortest length, then step up to the one wanted
-    for _ in range(20):
-        if slider.get_attribute("aria-valuetext") == tokens:
-            return
-        slider.press("ArrowRight")
-        tab.wait_for_timeout(50)
-    raise AssertionError(f"the answer-length slider has no {tokens}")
 
 
 def ask(tab, question: str, image: bool = True) -> None:
