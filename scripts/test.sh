@@ -10,6 +10,7 @@ command -v chromium >/dev/null || need+=(chromium chromium-driver)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -f /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)  # CJK box labels
 command -v openssl >/dev/null || need+=(openssl)  # test certificate for the nginx TLS tests
+command -v curl >/dev/null || need+=(curl)  # runs the README's curl example against the API
 command -v unshare >/dev/null || need+=(util-linux)  # network-namespace tests
 command -v systemd-analyze >/dev/null || need+=(systemd)  # checks deploy/*.service
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
