@@ -20,7 +20,7 @@ from PIL import Image
 import vlassist.backends
 from vlassist.__main__ import main
 from vlassist.answers.parsing import validation_errors
-from vlassist.answers.schemas import fields_schema
+from vlassist.answers.schemas import boxes_schema, fields_schema
 from vlassist.batch.inputs import parse_pages
 from vlassist.batch.rows import csv_records
 
@@ -288,3 +288,18 @@ def test_grounding_rows_hold_boxes_in_original_pixels():
     task = Task("grounding", BOXES, "find", None, 1280, False)
     assert parse_answer(task, job, "qwen2_5_vl") == (
         [{"label": "valve", "x1": 20.0, "y1": 40.0, "x2": 60.0, "y2": 80.0}], None)
+
+
+def test_grounding_batch_holds_answers_to_the_box_list_unless_free_boxes(local, tiny_qwen25, tmp_path):
+    """Batch grounding rows are box lists held to the family's schema; --free-boxes is another task (redone)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(image_bytes((96, 64)))
+    out = tmp_path / "boxes.jsonl"
+    args = (tmp_path / "in", "--out", out, "--preset", "grounding", "--max-new-tokens", "96")
+    assert batch(*args, model=tiny_qwen25) == 0
+    [row] = read_rows(out)
+    assert row["status"] == "ok" and isinstance(row["result"], list)
+    assert validation_errors(json.loads(row["answer"]), boxes_schema("qwen2_5_vl")) == ()
+    assert batch(*args, "--free-boxes", model=tiny_qwen25) in (0, 1)  # free text may not parse into boxes
+    rows = read_rows(out)
+    assert len(rows) == 2 and rows[0]["task"] != rows[1]["task"]

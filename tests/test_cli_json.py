@@ -55,3 +55,17 @@ def test_bad_schema_file_fails_before_loading(png_file, tmp_path, capsys):
     schema_file.write_text('{"type": 12}')
     code = main(["ask", str(png_file), "--model", str(tmp_path / "none"), "--schema", str(schema_file)])
     assert code == 2 and "JSON Schema" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["tiny_qwen25", "tiny_qwen3"])
+def test_grounding_preset_prints_the_familys_box_list(request, model, png_file, capsys):
+    """--preset grounding answers with a JSON box list in the family's coordinates, as the page's Find objects."""
+    from vlassist.answers.schemas import boxes_schema
+    from vlassist.checkpoint import inspect_checkpoint
+
+    folder = request.getfixturevalue(model)
+    code = main(["ask", str(png_file), "--model", str(folder), "--preset", "grounding", "--target", "valve",
+                 "--max-new-tokens", "96"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert validation_errors(json.loads(out), boxes_schema(inspect_checkpoint(folder).model_type)) == ()

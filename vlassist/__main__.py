@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from vlassist.batch.cli import FREE_BOXES_HELP
 from vlassist.batch.cli import add_parser as add_batch_parser
 from vlassist.config import load_settings
 from vlassist.conversation import GenerationOptions, Turn
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--preset", help="task preset (describe, ocr, json, table, chart, html, grounding) as the "
                                       "first question when no --prompt is given")
     ask.add_argument("--target", default="object", help="what the grounding preset looks for")
+    ask.add_argument("--free-boxes", action="store_true", help=FREE_BOXES_HELP)
     shape = ask.add_mutually_exclusive_group()
     shape.add_argument("--schema", type=Path, help="JSON Schema file: the answer is one JSON document valid "
                                                    "against it (printed alone on stdout)")
@@ -123,6 +125,13 @@ def cmd_ask(args) -> int:
         if schema_text is not None:
             prompts = _prompts(args, engine.info.family, schema_text)
             return _ask_json(service, images, prompts, options, schema_text, args.json_stats)
+        if args.preset == "grounding" and not args.prompt and not args.free_boxes:
+            from dataclasses import replace
+
+            from vlassist.answers.schemas import boxes_schema_text
+
+            # As the page's "Find objects": the answer is held to the family's box list, so it always parses.
+            options = replace(options, json_schema=boxes_schema_text(engine.info.family))
         return _ask_stream(service, images, _prompts(args, engine.info.family, None), options, args.json_stats)
     finally:
         service.close()

@@ -161,3 +161,10 @@ def boxes_schema(model_type: str) -> dict | None:
         "bbox_2d": {"type": "array", "items": corner, "minItems": 4, "maxItems": 4},
         "label": {"type": "string", "maxLength": _MAX_LABEL},
     })}
+
+
+
+def boxes_schema_text(model_type: str) -> str | None:
+    """boxes_schema as the JSON text GenerationOptions.json_schema takes; None for box-token families."""
+    schema = boxes_schema(model_type)
+    return json.dumps(schema) if schema is not None else None

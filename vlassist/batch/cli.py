@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # the task module pulls in the answer parsers; `ask` and `ser
 
 BATCH_PRESETS = ("ocr", "json", "table", "chart", "describe", "grounding", "html")
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl+C
+FREE_BOXES_HELP = ("grounding: let the model write its boxes freely instead of holding the answer to the family's "
+                   "JSON box list (for a server that cannot follow a JSON Schema)")
 
 
 def add_parser(sub, defaults: GenerationOptions) -> None:
@@ -31,6 +33,7 @@ def add_parser(sub, defaults: GenerationOptions) -> None:
     p.add_argument("--preset", choices=BATCH_PRESETS, help="the task for every image")
     p.add_argument("--prompt", "-p", action="append", help="the question for every image (instead of a preset's)")
     p.add_argument("--target", default="object", help="what the grounding preset looks for")
+    p.add_argument("--free-boxes", action="store_true", help=FREE_BOXES_HELP)
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--schema", type=Path, help="JSON Schema file: every answer is JSON valid against it")
     shape.add_argument("--fields", help="comma-separated fields to extract as JSON, e.g. vendor,total:number")
@@ -92,6 +95,7 @@ class Plan:
 def run_batch(args, settings: Settings, options: GenerationOptions, schema_text: str | None,
               prompt_for: Callable[[str], str]) -> int:
     """Run the batch: 0 when every row is ok, 1 when any failed, 130 when interrupted (2 is raised as usage)."""
+    from vlassist.answers.schemas import boxes_schema_text
     from vlassist.batch.tasks import make_task
 
     _check(args, settings.max_question_chars)
@@ -99,7 +103,8 @@ def run_batch(args, settings: Settings, options: GenerationOptions, schema_text:
     options = replace(options, min_new_tokens=min(args.min_new_tokens, options.max_new_tokens))
     items = plan_items(expand(args.inputs), pages)
     answerer, family, model = _model(settings)
-    task = make_task(args.preset, prompt_for(family), schema_text, options)
+    boxes = None if args.free_boxes or args.prompt else boxes_schema_text(family)
+    task = make_task(args.preset, prompt_for(family), schema_text, options, boxes)
     results = Results(args.out, task.id, model)
     keys = {id(item): row_key(item.sha256, item.source, item.page, args.dpi, task.id, model) for item in items}
     plan = Plan(task, family, model, answerer, items, keys)

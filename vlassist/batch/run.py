@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from vlassist.batch.inputs import Item, Loader
 from vlassist.batch.rows import make_row
-from vlassist.batch.tasks import SCHEMA, Task, parse_answer
+from vlassist.batch.tasks import Task, parse_answer
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
 from vlassist.service.answering import AnswerService
@@ -33,7 +33,7 @@ class BatchRunner:
                  model: str, loader: Loader, write: Callable[[Item, dict], None], batch_size: int = 1):
         self.services = list(services)
         self.task = task
-        self.options = replace(options, json_schema=task.schema_text) if task.kind == SCHEMA else options
+        self.options = replace(options, json_schema=task.schema_text) if task.schema_text else options
         self.family = family
         self.model = model
         self.loader = loader

@@ -36,13 +36,18 @@ class Task:
         return f"{self.name}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
 
 
-def make_task(preset: str | None, prompt: str, schema_text: str | None, options: GenerationOptions) -> Task:
-    """The task for a preset (or a free prompt) and an optional schema, under these image options."""
+def make_task(preset: str | None, prompt: str, schema_text: str | None, options: GenerationOptions,
+              boxes_schema_text: str | None = None) -> Task:
+    """The task for a preset (or a free prompt) and an optional schema, under these image options.
+
+    `boxes_schema_text` holds the grounding preset's answers to the family's box list (as the page's "Find
+    objects"); they are still parsed as boxes.
+    """
     if schema_text is not None:
-        name, kind = "schema", SCHEMA
-    else:
-        name, kind = preset or "prompt", KINDS_BY_PRESET.get(preset or "", TEXT)
-    return Task(name, kind, prompt, schema_text, options.max_image_tokens, options.low_res)
+        return Task("schema", SCHEMA, prompt, schema_text, options.max_image_tokens, options.low_res)
+    name, kind = preset or "prompt", KINDS_BY_PRESET.get(preset or "", TEXT)
+    schema = boxes_schema_text if kind == BOXES else None
+    return Task(name, kind, prompt, schema, options.max_image_tokens, options.low_res)
 
 
 def parse_answer(task: Task, job: Job, family: str) -> tuple[object, str | None]:
@@ -50,10 +55,10 @@ def parse_answer(task: Task, job: Job, family: str) -> tuple[object, str | None]
     if job.outcome == "failed":
         return None, job.error or "the answer failed"
     text, stats = job.text, job.stats
+    if task.schema_text is not None and stats.stop_reason == "length":
+        return None, (f"the answer was cut by the length limit ({stats.new_tokens} tokens) before the JSON was "
+                      "complete; raise --max-new-tokens and rerun with --retry-failed")
     if task.kind == SCHEMA:
-        if stats.stop_reason == "length":
-            return None, (f"the answer was cut by the length limit ({stats.new_tokens} tokens) before the JSON was "
-                          "complete; raise --max-new-tokens and rerun with --retry-failed")
         found = extract_json(text, task.schema_text)
         if found is None or not found.valid:
             why = "; ".join(found.errors[:3]) if found is not None else "no JSON in the answer"

@@ -7,7 +7,14 @@ import json
 import streamlit as st
 
 from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
-from vlassist.answers.schemas import TEMPLATES, boxes_schema, fields_schema, load_schema, template_schema
+from vlassist.answers.schemas import (
+    TEMPLATES,
+    boxes_schema,
+    boxes_schema_text,
+    fields_schema,
+    load_schema,
+    template_schema,
+)
 from vlassist.errors import VlassistError
 from vlassist.store.records import make_title
 from vlassist.ui.settings_panel import set_decoding
@@ -78,8 +85,7 @@ def render_task_options(family: str) -> None:
 def grounding_schema(family: str) -> str | None:
     """The JSON Schema a "Find objects" answer is held to (text), or None when the user turned it off or the
     family answers with box tokens."""
-    schema = boxes_schema(family) if st.session_state.get("grounding_strict", True) else None
-    return json.dumps(schema) if schema is not None else None
+    return boxes_schema_text(family) if st.session_state.get("grounding_strict", True) else None
 
 
 def _retarget(family: str) -> None:
