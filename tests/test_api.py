@@ -85,6 +85,20 @@ def test_json_schema_response_format_gives_valid_json(client):
     jsonschema.validate(json.loads(reply.choices[0].message.content), STATUS_SCHEMA)
 
 
+def test_a_resent_conversation_pays_only_for_its_new_tokens(client):
+    """A client that resends the conversation with a follow-up reuses the cached prefix: image and first turn."""
+    first = image_message("Name the colour", url=data_url((96, 64), (10, 90, 200)))
+    reply = client.chat.completions.create(model="any", max_tokens=8, messages=[first])
+    before = reply.model_extra["vlassist"]["stats"]
+    follow_up = client.chat.completions.create(model="any", max_tokens=8, messages=[
+        first, {"role": "assistant", "content": reply.choices[0].message.content},
+        {"role": "user", "content": "And the shape?"}])
+    stats = follow_up.model_extra["vlassist"]["stats"]
+    assert stats["prompt_tokens"] > before["prompt_tokens"]
+    # Everything the first request's prompt held (its visual tokens included) comes from the cache.
+    assert stats["reused_tokens"] >= before["prompt_tokens"] > before["visual_tokens"] > 0
+
+
 def test_a_stop_string_cuts_the_answer_before_it(client):
     """`stop` ends the answer just before the first stop string, with finish_reason "stop"."""
     body = {"model": "any", "max_tokens": 12, "extra_body": {"min_tokens": 12}, "messages": [image_message("Stop")]}
