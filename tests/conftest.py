@@ -159,3 +159,17 @@ def ask_app(at, question: str, *files: tuple[str, bytes, str], length: int = 128
     at.run()
     assert not at.exception, at.exception
     return finish_answers(at)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright, one per test module; skipped where it is not installed."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from deploy_support import CHROMIUM, launch_chromium
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)")
+    with sync_api.sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()

@@ -12,12 +12,10 @@ import urllib.request
 
 import pytest
 from conftest import ROOT, image_bytes
+from deploy_support import CHROMIUM
 
 from vlassist.store.history import History
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TEXTAREA = '[data-testid="stChatInputTextArea"]'
 ASSISTANT = '[data-testid="stChatMessage"]:has([aria-label="Chat message from assistant"])'
 USER = '[data-testid="stChatMessage"]:has([aria-label="Chat message from user"])'
@@ -83,17 +81,6 @@ def server(tiny_qwen25, tmp_path_factory):
     proc, url, log = serve(tiny_qwen25, data)
     yield url, data
     stop(proc, log)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Debian Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

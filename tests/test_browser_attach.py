@@ -10,7 +10,7 @@ from test_attach import make_pdf, rendered_size
 from test_browser import ASSISTANT, PASTE, TEXTAREA, send, stored_answer
 
 pytestmark = test_browser.pytestmark
-browser, server, page = test_browser.browser, test_browser.server, test_browser.page  # its fixtures, reused
+server, page = test_browser.server, test_browser.page  # its fixtures, reused
 
 AREA = ".st-key-attach_area"
 UPLOADER = f'{AREA} [data-testid="stFileUploader"] input[type="file"]'

@@ -29,18 +29,6 @@ STREAMING = "▍"  # the cursor after a live answer's text
 
 
 @pytest.fixture(scope="module")
-def browser():
-    """Headless Debian Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM_ARGS
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
 def server(tiny_qwen25, tmp_path_factory):
     """The app with long answers, a short question limit and detailed images: (url, data folder)."""
     data = tmp_path_factory.mktemp("feedback-data")

@@ -38,18 +38,6 @@ STOPPED = "Stopped — partial answer"
 FINISHED = "tokens/s"  # the stats line of a stored, finished answer
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Debian Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM_ARGS
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
 def start(checkpoint, data):
     """The app with every answer forced to its full length: (process, url, log)."""
     return serve(checkpoint, data, VLASSIST_MIN_ANSWER_TOKENS="100000")

@@ -8,7 +8,7 @@ import re
 import pytest
 from api_support import start_serve, stop_serve
 from test_browser import ASSISTANT, CHROMIUM, TEXTAREA, serve, stop
-from test_browser_live import LONG, ask, browser, conversation, set_length, wait_streaming  # noqa: F401
+from test_browser_live import LONG, ask, conversation, set_length, wait_streaming
 
 pytestmark = [
     pytest.mark.enable_socket,
@@ -57,7 +57,7 @@ def listed(tab, section) -> list[str]:
     return names
 
 
-def test_first_visit_shows_the_load_progress_before_the_page(browser, models_server):  # noqa: F811
+def test_first_visit_shows_the_load_progress_before_the_page(browser, models_server):
     """The first visit draws the title, "Loading model…" and a progress bar with its stage, then the chat box."""
     context = browser.new_context()
     tab = context.new_page()
@@ -73,7 +73,7 @@ def test_first_visit_shows_the_load_progress_before_the_page(browser, models_ser
     context.close()
 
 
-def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_server):  # noqa: F811
+def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_server):
     """Both checkpoints are listed; Load shows the switch's progress while the running answer ends on the old
     model, and the next answer is stored as Qwen3-VL's."""
     context = browser.new_context()
@@ -125,7 +125,7 @@ def remote_models_page(tiny_qwen25, tmp_path_factory):
     stop_serve(api)
 
 
-def test_remote_page_lists_the_servers_models(browser, remote_models_page):  # noqa: F811
+def test_remote_page_lists_the_servers_models(browser, remote_models_page):
     """With a remote backend the Model section lists what the server's /v1/models names, not local folders."""
     context = browser.new_context()
     tab = context.new_page()

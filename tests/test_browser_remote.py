@@ -10,7 +10,7 @@ import pytest
 from api_support import start_serve, stop_serve
 from conftest import image_bytes
 from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, open_tab, press_send, serve, stop
-from test_browser_live import STOPPED, ask, browser, conversation, set_length, wait_streaming  # noqa: F401
+from test_browser_live import STOPPED, ask, conversation, set_length, wait_streaming
 
 from vlassist.answers.parsing import parse_boxes
 from vlassist.answers.schemas import boxes_schema
@@ -34,7 +34,7 @@ def remote_page(tiny_qwen25, tmp_path_factory):
     stop_serve(api)
 
 
-def test_page_answers_through_the_remote_server_and_stops(browser, remote_page):  # noqa: F811
+def test_page_answers_through_the_remote_server_and_stops(browser, remote_page):
     """The page streams an answer from the remote server, and Stop keeps the partial text marked stopped."""
     context, tab = open_tab(browser, remote_page[0])
     tab.get_by_text("Model status", exact=True).click()
@@ -62,7 +62,7 @@ def remote_json_page(tiny_qwen25, tmp_path_factory):
     stop_serve(api)
 
 
-def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remote_json_page):  # noqa: F811
+def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remote_json_page):
     """Extract JSON with named fields through the remote server: the answer follows the schema (sent as
     response_format) and the page shows it as a field table, with the raw text folded away."""
     context, tab = open_tab(browser, remote_json_page[0])
@@ -84,7 +84,7 @@ def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remo
     context.close()
 
 
-def test_boxes_view_on_a_remote_server_draws_the_listed_boxes(browser, remote_json_page):  # noqa: F811
+def test_boxes_view_on_a_remote_server_draws_the_listed_boxes(browser, remote_json_page):
     """Find objects through the remote server: the box list schema goes as response_format, and the page draws
     every box the answer lists on the image, with the box table and its downloads."""
     context, tab = open_tab(browser, remote_json_page[0])

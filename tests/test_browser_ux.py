@@ -16,7 +16,6 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from test_browser import ASSISTANT, PASTE, TEXTAREA, press_send, serve, stop
 
 pytestmark = test_browser.pytestmark
-browser = test_browser.browser  # its fixture, reused
 
 WIDTHS = {"wide": (1400, 900), "narrow": (420, 860)}
 PRESETS = '.st-key-presets button[data-testid^="stBaseButton"]:visible'

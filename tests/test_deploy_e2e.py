@@ -36,17 +36,6 @@ def deployment(tmp_path_factory, tiny_qwen25):
                "folder": folder}
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's headless Chromium driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = ds.launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
 def signed_in_page(browser, user: str, extra_headers: dict | None = None):
     """A fresh browser context that answers nginx's password prompt as `user`."""
     context = browser.new_context(http_credentials={"username": user, "password": USERS[user]},

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_browser import CHROMIUM, browser, serve, stop  # noqa: F401 (browser is a fixture)
+from test_browser import CHROMIUM, serve, stop
 
 STAMP = ".venv/.vlassist-requirements.sha256"
 
@@ -156,7 +156,7 @@ def test_page_shows_no_model_found_without_importing_torch(tmp_path):
 
 @pytest.mark.enable_socket
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
-def test_browser_shows_no_model_found_and_the_server_never_loads_torch(browser, tmp_path):  # noqa: F811
+def test_browser_shows_no_model_found_and_the_server_never_loads_torch(browser, tmp_path):
     """In Chromium, a server without a model shows 'No model found'; the server process has no torch library mapped."""
     data = tmp_path / "data"
     data.mkdir()

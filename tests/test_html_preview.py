@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from vlassist.answers.html_preview import preview_document
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HOSTILE_PAGE = """<!DOCTYPE html><html><head>
 <meta http-equiv="refresh" content="0; url=http://198.51.100.7/refresh">
 <link rel="stylesheet" href="http://198.51.100.7/style.css">
@@ -18,19 +13,6 @@ HOSTILE_PAGE = """<!DOCTYPE html><html><head>
 <img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=">
 <iframe src="http://198.51.100.7/frame"></iframe>
 <a id="out" href="http://198.51.100.7/link">docs</a></body></html>"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (scripts/test.sh installs it)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
 
 
 def test_preview_renders_and_fetches_nothing(browser):
