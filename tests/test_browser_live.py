@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import time
 
@@ -19,11 +20,14 @@ from test_browser import (  # noqa: F401  (set_length is shared from here too)
     PASTE,
     TEXTAREA,
     USER,
+    open_from_sidebar,
     open_tab,
     press_send,
+    send,
     serve,
     set_length,
     stop,
+    stored_answer,
 )
 
 from vlassist.store.history import History
@@ -66,6 +70,15 @@ def live_text(tab) -> str:
     return tab.locator(ASSISTANT).last.locator('[data-testid="stMarkdownContainer"]').first.inner_text()
 
 
+def letters(text: str) -> str:
+    """The letters and digits of a text: what survives the page's Markdown rendering of it.
+
+    The random model's text holds backticks, asterisks and the like, which the page renders as formatting, so the
+    shown text and the stored one are compared on these alone.
+    """
+    return re.sub(r"[\W_]", "", text)
+
+
 def wait_streaming(tab, at_least: int = 40) -> None:
     """Wait until the last answer shows at least `at_least` characters of text."""
     tab.wait_for_function(
@@ -101,7 +114,31 @@ def test_stop_keeps_the_partial_answer_on_screen_marked_stopped(browser, server)
     assert shown, "the partial answer vanished"
     assert tab.locator('[data-testid="stSidebar"]').get_by_text("Stop me while you write").count() == 1
     stored = conversation(server[1], "Stop me while you write").messages[-1]
-    assert stored.status == "interrupted" and stored.text.strip() == shown
+    assert stored.status == "interrupted" and letters(stored.text) == letters(shown)
+    context.close()
+
+
+def test_a_chosen_file_answer_stopped_mid_answer_is_kept_with_its_image(browser, server, tmp_path):
+    """Attach through the file chooser, stop mid-answer: after a reload the partial answer is there, marked
+    stopped, under the question with its one image; the store says interrupted."""
+    title = "What is in the chosen screenshot?"
+    picture = tmp_path / "chosen.png"
+    picture.write_bytes(image_bytes((160, 90)))
+    context, tab = open_tab(browser, server[0])
+    set_length(tab, LONG)
+    with tab.expect_file_chooser() as chooser:
+        tab.locator('[data-testid="stChatInputFileUploadButton"] button').click()
+    chooser.value.set_files(str(picture))
+    send(tab, title)
+    wait_streaming(tab)
+    tab.locator(ASSISTANT).last.get_by_role("button", name="Stop").click()
+    tab.locator(ASSISTANT).last.get_by_text(STOPPED).wait_for()
+    open_from_sidebar(tab, server, title)
+    tab.locator(ASSISTANT).first.get_by_text(STOPPED).wait_for()
+    tab.locator(USER).first.locator("img").first.wait_for()
+    assert tab.locator(USER).first.locator("img").count() == 1
+    answer = stored_answer(server[1], title).messages[-1]
+    assert answer.status == "interrupted" and answer.text and answer.stats.stop_reason == "stopped"
     context.close()
 
 
@@ -160,14 +197,14 @@ def test_four_sessions_are_served_in_the_order_they_asked(browser, server):
     tabs = []
     for _ in range(4):
         context, tab = open_tab(browser, server[0])
-        set_length(tab, "1024")
+        set_length(tab, LONG)  # the first answer must outlast the three sends after it
         tabs.append((context, tab))
     titles = [f"Session {i} asks" for i in range(4)]
-    for (_, tab), title in zip(tabs, titles):
+    for position, ((_, tab), title) in enumerate(zip(tabs, titles)):
         ask(tab, title, image=False)
         tab.locator(ASSISTANT).last.wait_for()
-    for position, (_, tab) in enumerate(tabs[1:], start=1):
-        tab.get_by_text(f"position {position} in the queue").wait_for(timeout=20_000)
+        if position:  # checked as it is sent, while every earlier answer is still running or waiting
+            tab.get_by_text(f"position {position} in the queue").wait_for(timeout=20_000)
     finished: list[str] = []
     deadline = time.monotonic() + 300
     while len(finished) < 4:

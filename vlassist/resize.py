@@ -1,8 +1,8 @@
 """The Qwen resize rule without torch: the pixel budget of a visual-token budget, and the resize itself.
 
-The local engine uses transformers' own smart_resize for ordinary images (vlassist.engine.sizing) and the pieces
-here for the rest; a remote backend, on a machine that may have no torch, plans its images with `smart_resize`
-below. tests/test_remote.py checks the two agree.
+The local engine uses transformers' own smart_resize for ordinary images and `smart_resize` below for thin strips
+(vlassist.engine.sizing); a remote backend, on a machine that may have no torch, plans every image with it.
+tests/test_remote.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -41,38 +41,25 @@ def check_aspect(height: int, width: int) -> None:
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(height, width): multiples of `factor`, area within [min_pixels, max_pixels], aspect kept (thin strips too)."""
-    check_aspect(height, width)
-    if min(height, width) < factor:
-        return thin_resize(height, width, factor, min_pixels, max_pixels)
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    """(height, width): multiples of `factor`, area within [min_pixels, max_pixels], aspect kept (thin strips too).
 
-
-def thin_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """(height, width) for an image with a side under one factor (a one-line text crop), as qwen-vl-utils sizes it.
-
-    The processor rounds that side to 0 and then rescales the whole image up to min_pixels, squashing a 12×1200
-    strip to 28×560. qwen-vl-utils instead pads the short side to one factor and keeps the long side (28×1204);
+    The processors' rule, except for an image with a side under one factor (a one-line text crop): the processor
+    rounds that side to 0 and then rescales the whole image up to min_pixels, squashing a 12×1200 strip to
+    28×560. qwen-vl-utils instead pads the short side to one factor and keeps the long side (28×1204), as here;
     where its downscale floors the short side to 0 (and it crashes) the side stays one factor, and the long side
     is cut so the single token row fits the budget.
     """
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
+    check_aspect(height, width)
+    thin = min(height, width) < factor
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if thin:
+        h_bar, w_bar = max(factor, h_bar), max(factor, w_bar)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt((height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
-        if h_bar * w_bar > max_pixels:
+        if thin and h_bar * w_bar > max_pixels:
             longest = max(factor, max_pixels // factor // factor * factor)
             h_bar, w_bar = (min(h_bar, longest), w_bar) if height > width else (h_bar, min(w_bar, longest))
     elif h_bar * w_bar < min_pixels:

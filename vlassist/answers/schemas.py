@@ -163,7 +163,6 @@ def boxes_schema(model_type: str) -> dict | None:
     })}
 
 
-
 def boxes_schema_text(model_type: str) -> str | None:
     """boxes_schema as the JSON text GenerationOptions.json_schema takes; None for box-token families."""
     schema = boxes_schema(model_type)

@@ -6,7 +6,8 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
 from vlassist.images import Sizing
-from vlassist.resize import MIN_VISUAL_TOKENS, check_aspect, max_pixels_for, thin_resize
+from vlassist.resize import MIN_VISUAL_TOKENS, check_aspect, max_pixels_for
+from vlassist.resize import smart_resize as thin_aware_resize
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -14,7 +15,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     check_aspect(height, width)
     if min(height, width) >= factor:
         return processor_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    return thin_resize(height, width, factor, min_pixels, max_pixels)
+    return thin_aware_resize(height, width, factor, min_pixels, max_pixels)  # a strip: qwen-vl-utils' sizing
 
 
 def plan_size(
