@@ -31,7 +31,7 @@ def load_schema(schema_text: str | dict) -> dict:
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise SchemaError(f"not a valid JSON Schema: {exc.message}") from None
+        raise SchemaError(f"not a valid JSON Schema at {exc.json_path}: {exc.message}") from None
     return schema
 
 

@@ -94,6 +94,40 @@ class Engine:
         count = len(self.processor.tokenizer([text])["input_ids"][0])  # as encode_prompt tokenizes
         return count - len(visual) + sum(visual)
 
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits: token ids a logit bias may name are below it."""
+        return int(self.model.config.get_text_config().vocab_size)
+
+    def check_options(self, options: GenerationOptions) -> None:
+        """Refuse options this model cannot answer with (VlassistError): a grammar over its limits or too slow to
+        compile, a logit bias for a token it does not have. Grammars compiled here are cached for the answer."""
+        for token, _ in options.logit_bias:
+            if not 0 <= token < self.vocab_size:
+                raise VlassistError(f"logit_bias: token id {token} is not in this model's vocabulary "
+                                    f"(0–{self.vocab_size - 1})")
+        if options.json_schema or options.regex or options.choice:
+            from vlassist.engine.constrained import compile_within  # the grammar library loads on first use
+
+            compile_within(self.processor.tokenizer, options, self.model.config)
+
+    def tokenize(self, turns: Sequence[Turn] | str, options: GenerationOptions = GenerationOptions(),
+                 add_special_tokens: bool = True) -> list[int]:
+        """The prompt's token ids for `turns` (each image's placeholder expanded to its visual tokens), or a text's."""
+        tokenizer = self.processor.tokenizer
+        if isinstance(turns, str):
+            return list(tokenizer(turns, add_special_tokens=add_special_tokens)["input_ids"])
+        check_turns(turns)
+        visual = [self.plan(image, options).visual_tokens for image in conversation_images(turns)]
+        pad = self.processor.image_token
+        pieces = render_chat(self.processor, turns).split(pad)
+        expanded = pieces[0] + "".join(pad * count + piece for count, piece in zip(visual, pieces[1:]))
+        return list(tokenizer([expanded])["input_ids"][0])
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids, special tokens included (vLLM's /detokenize)."""
+        return self.processor.tokenizer.decode(list(tokens))
+
     def memory(self) -> dict:
         """Device memory in use, in GiB."""
         if self.info.device == "cuda":
@@ -125,7 +159,8 @@ class Engine:
             raise GenerationError("this model was unloaded: another one was loaded in its place")
         stop = stop or threading.Event()
         stats = Stats()
-        return Reply(self._run(list(turns), options, stop, stats, on_queued), stats, stop)
+        logprobs = [] if options.logprobs is not None else None
+        return Reply(self._run(list(turns), options, stop, stats, on_queued, logprobs), stats, stop, logprobs)
 
     def answer_batch(self, conversations: Sequence[Sequence[Turn]], options: GenerationOptions = GenerationOptions(),
                      stops: Sequence[threading.Event] | None = None) -> list[tuple[str, Stats]]:
@@ -136,7 +171,7 @@ class Engine:
         """Rows of `tokens_per_row` (prompt and answer) a batched decode can hold in free memory; 1 on the CPU."""
         return batched.auto_batch_size(self, tokens_per_row)
 
-    def _run(self, turns, options, stop, stats: Stats, on_queued) -> Iterator[str]:
+    def _run(self, turns, options, stop, stats: Stats, on_queued, logprobs=None) -> Iterator[str]:
         requested = time.perf_counter()
         if not self._lock.acquire(blocking=False):
             if on_queued:
@@ -148,7 +183,9 @@ class Engine:
         try:
             started = time.perf_counter()
             stats.queued_s = started - requested
-            yield from self._generate(generate.prepare(self, turns, options, stop, stats), started)
+            gen = generate.prepare(self, turns, options, stop, stats)
+            gen.logprobs = logprobs
+            yield from self._generate(gen, started)
         finally:
             self._lock.release()
 
