@@ -86,7 +86,8 @@ def test_logprobs_are_log_softmax_of_the_raw_row_with_the_top_alternatives():
 
 def test_rows_processor_applies_each_rows_own_tokens():
     """The batched form penalises each row by its own answer tokens (columns after the prompt)."""
-    processor = sampling.RowsProcessor(GenerationOptions(presence_penalty=1.0), prompt_len=1, eos_ids=[], stage="adjust")
+    options = GenerationOptions(presence_penalty=1.0)
+    processor = sampling.RowsProcessor(options, prompt_len=1, eos_ids=[], stage="adjust")
     sequence = torch.tensor([[5, 0], [5, 1]])
     out = processor(sequence, torch.zeros(2, 2))
     assert out.tolist() == [[-1.0, 0.0], [0.0, -1.0]]

@@ -45,6 +45,7 @@ class Settings:
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
     models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
+    metrics: bool = True  # `vlassist serve` answers GET /metrics (Prometheus text), behind the API key if one is set
 
     @property
     def models_root(self) -> Path:
@@ -117,4 +118,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_family=backend_family,
         models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
+        metrics=_choice(env, "VLASSIST_METRICS", ("1", "0", "on", "off", "true", "false"), "1") in ("1", "on", "true"),
     )

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API over the answer service: chat completions (plain and streamed), models, health."""
+"""The OpenAI-compatible HTTP API over the answer service: chat completions (plain and streamed), models, health,
+tokenize/detokenize and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -11,34 +12,44 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlassist import __version__
+from vlassist.answers.schemas import SchemaError
 from vlassist.config import Settings
-from vlassist.errors import VlassistError
+from vlassist.conversation import TokenLogprob
+from vlassist.errors import OptionError, VlassistError
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
 from vlassist.service.jobs import Request as JobRequest
-from vlassist.service.limits import LimitError
+from vlassist.service.limits import ContextLengthError, LimitError
 
-from . import convert
+from . import convert, params
 from .convert import ApiError, StopCutter
+from .metrics import ApiMetrics
 from .models import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorBody,
     Extension,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    TopLogprob,
     Usage,
 )
+from .models import TokenLogprob as ApiTokenLogprob
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 STOP_WAIT_S = 30.0  # how long a cancelled answer may take to end (one decode step, normally)
@@ -52,10 +63,24 @@ def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def _admission_error(exc: VlassistError) -> ApiError:
-    if isinstance(exc, LimitError):  # a question or prompt over a limit: the request is too large
+def _admission_error(exc: VlassistError, body: ChatRequest) -> ApiError:
+    if isinstance(exc, ContextLengthError):  # OpenAI's answer to a prompt the context cannot hold
+        return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, LimitError):  # a question over the server's character limit: the request is too large
         return ApiError(413, str(exc), param="messages", code="request_too_large")
+    if isinstance(exc, SchemaError):
+        return ApiError(400, str(exc), param=params.grammar_param(body), code="invalid_schema")
+    if isinstance(exc, OptionError):
+        return ApiError(400, str(exc), param=exc.param, code="invalid_value")
     return ApiError(400, str(exc), code="refused")
+
+
+def _api_logprobs(entries: list[TokenLogprob]) -> ChoiceLogprobs:
+    """OpenAI's `logprobs` object for these answer tokens."""
+    return ChoiceLogprobs(content=[
+        ApiTokenLogprob(token=e.token, logprob=e.logprob, bytes=e.bytes,
+                        top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top])
+        for e in entries])
 
 
 def create_app(service: AnswerService, settings: Settings, model_id: str, family: str) -> FastAPI:
@@ -64,6 +89,12 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
     app = FastAPI(title="vlassist", version=__version__, docs_url=None, redoc_url=None,
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}})
     created = int(time.time())
+    metrics = ApiMetrics(service) if settings.metrics else None
+
+    def respond(exc: ApiError) -> JSONResponse:
+        if metrics is not None:
+            metrics.error(exc.status, exc.code)
+        return _error(exc)
 
     def check_key(request: Request) -> None:
         if settings.api_key is None:
@@ -75,28 +106,101 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc)
+        return respond(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A part type this server does not take fails validation; name it rather than echo pydantic's union errors.
+        if (unsupported := params.unsupported_part(exc.body)) is not None:
+            return respond(unsupported)
         first = (exc.errors() or [{}])[0]
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        return _error(ApiError(400, message, param=where, code="invalid_value"))
+        return respond(ApiError(400, message, param=where, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code)))
+        return respond(ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code)))
 
     @app.get("/health")
     async def health() -> dict:
         """Liveness, with the queue's length (no key needed: load balancers poll it)."""
         return {"status": "ok", "model": model_id, "queued": service.queued}
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList)
+    def card() -> ModelCard:
+        context = getattr(service.answerer, "context_tokens", None)
+        return ModelCard(id=model_id, created=created, family=family,
+                         max_model_len=context if isinstance(context, int) else None)
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList,
+             response_model_exclude_none=True)
     async def models() -> ModelList:
-        """The one model this server answers with."""
-        return ModelList(data=[ModelCard(id=model_id, created=created)])
+        """The one model this server answers with, its family and context length."""
+        return ModelList(data=[card()])
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(check_key)], response_model=ModelCard,
+             response_model_exclude_none=True)
+    async def model(name: str) -> ModelCard:
+        """One model by id: the loaded one, or a 404."""
+        if name != model_id:
+            raise ApiError(404, f"the model {name!r} does not exist: this server answers with {model_id!r}",
+                           param="model", code="model_not_found")
+        return card()
+
+    def local_engine():
+        engine = service.answerer
+        if getattr(engine, "tokenize", None) is None:
+            raise ApiError(501, "this server answers through a remote backend: ask that server to tokenize",
+                           code="not_supported")
+        return engine
+
+    @app.post("/tokenize", dependencies=[Depends(check_key)], response_model=TokenizeResponse)
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        """vLLM's /tokenize: a prompt's or a chat's token ids, each image counted as its visual tokens."""
+        engine = local_engine()
+        if extra := sorted(body.model_extra or {}):
+            raise ApiError(400, f"the parameter {extra[0]!r} is not supported by /tokenize", param=extra[0],
+                           code="unsupported_parameter")
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "send either prompt or messages", param="prompt")
+        if not body.add_generation_prompt:
+            raise ApiError(400, "add_generation_prompt false is not supported: chats are rendered ready for the "
+                                "answer, as /v1/chat/completions sends them", param="add_generation_prompt")
+
+        def count() -> list[int]:
+            if body.prompt is not None:
+                add = body.add_special_tokens if body.add_special_tokens is not None else True
+                return engine.tokenize(body.prompt, add_special_tokens=add)
+            chat = ChatRequest(messages=body.messages)
+            turns, details = convert.to_turns(chat)
+            try:
+                return engine.tokenize(turns, convert.to_options(chat, details, settings))
+            except VlassistError as exc:
+                raise ApiError(400, str(exc), param="messages") from None
+
+        tokens = await run_in_threadpool(count)
+        strs = engine.processor.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
+        return TokenizeResponse(count=len(tokens), max_model_len=card().max_model_len, tokens=tokens,
+                                token_strs=strs)
+
+    @app.post("/detokenize", dependencies=[Depends(check_key)], response_model=DetokenizeResponse)
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        """vLLM's /detokenize: token ids back to text."""
+        engine = local_engine()
+        if extra := sorted(body.model_extra or {}):
+            raise ApiError(400, f"the parameter {extra[0]!r} is not supported by /detokenize", param=extra[0],
+                           code="unsupported_parameter")
+        size = len(engine.processor.tokenizer)
+        if bad := [t for t in body.tokens if not 0 <= t < size]:
+            raise ApiError(400, f"token id {bad[0]} is not in this model's vocabulary (0–{size - 1})",
+                           param="tokens")
+        return DetokenizeResponse(prompt=engine.detokenize(body.tokens))
+
+    if metrics is not None:
+        @app.get("/metrics", dependencies=[Depends(check_key)])
+        async def prometheus() -> Response:
+            """Prometheus metrics: queue length, running answers, tokens, latency histograms, errors by code."""
+            return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)],
               response_model=ChatCompletion, response_model_exclude_none=True)
@@ -109,12 +213,12 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
             try:
                 return service.submit(JobRequest(turns, convert.to_options(body, details, settings)))
             except VlassistError as exc:
-                raise _admission_error(exc) from None
+                raise _admission_error(exc, body) from None
 
         # Decoding images and counting the prompt's tokens are CPU work (on untrusted bytes): off the event loop,
         # in one hop, so the job is queued the moment its images are ready.
         job = await run_in_threadpool(queue)
-        answer = _Answer(service, job, request, StopCutter(stops), model_id, family, body)
+        answer = _Answer(service, job, request, StopCutter(stops), model_id, family, body, metrics)
         if body.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -130,12 +234,33 @@ class _Answer:
     """One request's job seen from the event loop: its text as it grows, stop strings, the response bodies."""
 
     def __init__(self, service: AnswerService, job: Job, request: Request, cutter: StopCutter, model: str,
-                 family: str, body: ChatRequest):
+                 family: str, body: ChatRequest, metrics: ApiMetrics | None = None):
         self.service, self.job, self.request, self.cutter = service, job, request, cutter
-        self.model, self.family, self.body = model, family, body
+        self.model, self.family, self.body, self.metrics = model, family, body, metrics
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.text = ""
+        self.logprobs_sent = 0  # answer tokens whose logprobs have gone out
+
+    def _logprobs(self, final: bool) -> ChoiceLogprobs | None:
+        """Logprobs of the tokens not sent yet whose bytes the text sent so far holds (all of them at the end,
+        unless a stop string cut the text)."""
+        entries = self.job.logprobs if self.body.logprobs else None
+        if entries is None:
+            return None
+        room, fresh = len(self.text.encode("utf-8", "surrogatepass")), []
+        used = sum(len(e.bytes) for e in entries[:self.logprobs_sent])
+        for entry in entries[self.logprobs_sent:]:
+            if used + len(entry.bytes) > room and not (final and not self.cutter.hit):
+                break
+            used += len(entry.bytes)
+            fresh.append(entry)
+        self.logprobs_sent += len(fresh)
+        return _api_logprobs(fresh)
+
+    def _count(self) -> None:
+        if self.metrics is not None:
+            self.metrics.answered(self.job.stats, self.job.outcome or "unknown")
 
     async def _pieces(self) -> AsyncIterator[str]:
         """Text to send, as the job makes it; cancels the job on a stop string or when the client leaves."""
@@ -207,16 +332,20 @@ class _Answer:
         """The complete answer as one response body."""
         async for _ in self._pieces():
             pass
+        self._count()
         if (error := self._failed()) is not None:
             raise error
         reason = convert.finish_reason(self.job.stats, self.cutter.hit)
+        choice = Choice(message=AssistantMessage(content=self.text), finish_reason=reason,
+                        logprobs=self._logprobs(final=True))
         return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=self._usage(),
-                              choices=[Choice(message=AssistantMessage(content=self.text), finish_reason=reason)],
-                              vlassist=self._extension())
+                              choices=[choice], vlassist=self._extension())
 
-    def _chunk(self, delta: Delta, finish: str | None = None, **extra) -> str:
+    def _chunk(self, delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None,
+               **extra) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                    choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra)
+                                    choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)],
+                                    **extra)
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
     async def events(self) -> AsyncIterator[str]:
@@ -224,13 +353,19 @@ class _Answer:
         try:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
-                yield self._chunk(Delta(content=piece))
+                yield self._chunk(Delta(content=piece), logprobs=self._logprobs(final=False))
             # The closing events go out in one write: the client's stream ends with no extra round of the loop.
+            self._count()
             if (error := self._failed()) is not None:
+                if self.metrics is not None:
+                    self.metrics.error(error.status, error.code)
                 closing = f"data: {json.dumps(error.body())}\n\n"
             else:
+                rest = self._logprobs(final=True)
+                # Tokens whose text the stream had not sent yet (the last characters, or none at all).
+                closing = self._chunk(Delta(content=""), logprobs=rest) if rest is not None and rest.content else ""
                 reason = convert.finish_reason(self.job.stats, self.cutter.hit)
-                closing = self._chunk(Delta(), reason, vlassist=self._extension())
+                closing += self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
                 if options is not None and options.include_usage:
                     usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],

@@ -286,7 +286,7 @@ def closing_ranks(compiled: xgr.CompiledGrammar) -> ClosingRanks:
 
 
 def grammar_logits_processor(tokenizer, options, model_config):
-    """A fresh logits processor keeping one answer inside the JSON Schema, regular expression or choices of `options`."""
+    """A fresh logits processor keeping one answer inside the JSON Schema, regex or choices of `options`."""
     kind, text = grammar_source(options)
     if kind == "json":
         return schema_logits_processor(tokenizer, text, model_config, options.max_new_tokens)

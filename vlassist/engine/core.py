@@ -21,7 +21,7 @@ from vlassist.engine.loader import ModelInfo, Progress, load, process_age_s
 from vlassist.engine.sizing import plan_size
 from vlassist.engine.streaming import finish_stats
 from vlassist.engine.upgrade import compile_in_background
-from vlassist.errors import VlassistError
+from vlassist.errors import OptionError, VlassistError
 from vlassist.images import LoadedImage, Sizing
 
 DECODE_BLOCK = 8  # greedy tokens chosen on the device between two host reads (stop checks, streaming)
@@ -104,8 +104,8 @@ class Engine:
         compile, a logit bias for a token it does not have. Grammars compiled here are cached for the answer."""
         for token, _ in options.logit_bias:
             if not 0 <= token < self.vocab_size:
-                raise VlassistError(f"logit_bias: token id {token} is not in this model's vocabulary "
-                                    f"(0–{self.vocab_size - 1})")
+                raise OptionError(f"logit_bias: token id {token} is not in this model's vocabulary "
+                                  f"(0–{self.vocab_size - 1})", param="logit_bias")
         if options.json_schema or options.regex or options.choice:
             from vlassist.engine.constrained import compile_within  # the grammar library loads on first use
 

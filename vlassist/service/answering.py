@@ -246,6 +246,7 @@ class AnswerService:
         sink = job.request.sink
         try:
             reply = answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
+            job.logprobs = reply.logprobs
             for chunk in reply:
                 job._append(chunk)
                 if sink is not None:
