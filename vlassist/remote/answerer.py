@@ -16,6 +16,7 @@ import openai
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
 from vlassist.errors import ConfigError, VlassistError
+from vlassist.families import FAMILIES
 from vlassist.families import family as family_of
 from vlassist.images import LoadedImage, Sizing, resize_for_model
 
@@ -81,6 +82,7 @@ class RemoteAnswerer:
     """Answers through a server's /v1/chat/completions; images go as PNG data URLs at the planned size."""
 
     busy = False  # the server has its own queue; this process never holds a device
+    context_tokens: int | None = None  # the server's context length, when its model list says (max_model_len)
 
     def __init__(self, settings: Settings):
         server = _base_url(settings.backend_url or "")
@@ -88,14 +90,20 @@ class RemoteAnswerer:
                                     timeout=openai.Timeout(settings.stream_timeout_s, connect=CONNECT_TIMEOUT_S))
         started = time.perf_counter()
         try:
-            listed = [m.id for m in self.client.models.list()]
+            cards = list(self.client.models.list())
         except Exception as exc:
             raise _refusal(exc, server) from None
         latency = time.perf_counter() - started
+        listed = [m.id for m in cards]
         model = settings.backend_model or (listed[0] if listed else None)
         if model is None:
             raise BackendError(f"the server at {server} lists no models; set VLASSIST_BACKEND_MODEL")
-        name = settings.backend_family or guess_family(model)
+        # Another vlassist serve lists each model's family and context length (vLLM the context length only).
+        card = next(((m.model_extra or {}) for m in cards if m.id == model), {})
+        listed_family = card.get("family") if card.get("family") in FAMILIES else None
+        if isinstance(card.get("max_model_len"), int):
+            self.context_tokens = card["max_model_len"]
+        name = settings.backend_family or listed_family or guess_family(model)
         if name is None:
             raise ConfigError(f"cannot tell the model family from the name {model!r}; set VLASSIST_BACKEND_FAMILY "
                               "to qwen2_vl, qwen2_5_vl or qwen3_vl")
