@@ -91,7 +91,14 @@ def grammar_source(options) -> tuple[str, str] | None:
 def check_source(kind: str, text: str) -> None:
     """Refuse a grammar over a limit before any compile: schema size, depth, enums, patterns, `$ref` loops."""
     if kind == "json":
-        check_schema_limits(load_schema(text), text)
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = None  # load_schema below names what is wrong
+        if isinstance(parsed, dict):
+            # Before the schema validator, which recurses once per level and would overflow on a deep schema.
+            check_schema_limits(parsed, text)
+        load_schema(text)
     elif kind == "regex":
         check_regex(text, "regex")
     else:
