@@ -272,3 +272,14 @@ def test_a_remote_backend_takes_the_family_from_the_model_list(server):
     """A RemoteAnswerer on a serve whose model name hides the family needs no VLASSIST_BACKEND_FAMILY."""
     remote = RemoteAnswerer(load_settings({"VLASSIST_BACKEND_URL": server, "VLASSIST_BACKEND_KEY": API_KEY}))
     assert remote.info.family == "qwen2_5_vl" and remote.context_tokens > 0
+
+
+def test_a_remote_backend_forwards_bias_and_returns_logprobs(server):
+    """Options the page or CLI set reach the server through the remote backend: bias applied, logprobs back."""
+    from vlassist.conversation import GenerationOptions, Turn
+
+    remote = RemoteAnswerer(load_settings({"VLASSIST_BACKEND_URL": server, "VLASSIST_BACKEND_KEY": API_KEY}))
+    options = GenerationOptions(max_new_tokens=4, logit_bias=((token_id(server, "a"), 100.0),), logprobs=1)
+    reply = remote.stream([Turn("user", "Say something")], options)
+    assert reply.consume() == "aaaa"
+    assert [e.token for e in reply.logprobs] == ["a"] * 4 and all(len(e.top) == 1 for e in reply.logprobs)
