@@ -245,6 +245,12 @@ def test_detokenize_reverses_tokenize(server):
     assert status == 200 and json.loads(text) == {"prompt": "hello world"}
 
 
+def test_detokenize_refuses_ids_outside_the_vocabulary(server):
+    """/detokenize with an id the tokenizer does not have is a 400 naming tokens."""
+    status, body = call(server, "/detokenize", {"tokens": [1, 10**9]})
+    assert status == 400 and json.loads(body)["error"]["param"] == "tokens"
+
+
 def metric(text: str, name: str) -> float:
     """One sample's value from Prometheus text (0 when absent)."""
     found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)

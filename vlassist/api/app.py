@@ -26,7 +26,7 @@ from vlassist.service.jobs import Job
 from vlassist.service.jobs import Request as JobRequest
 from vlassist.service.limits import ContextLengthError, LimitError
 
-from . import convert, params
+from . import convert, params, tokens
 from .convert import ApiError, StopCutter
 from .metrics import ApiMetrics
 from .models import (
@@ -38,14 +38,10 @@ from .models import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
-    DetokenizeRequest,
-    DetokenizeResponse,
     ErrorBody,
     Extension,
     ModelCard,
     ModelList,
-    TokenizeRequest,
-    TokenizeResponse,
     TopLogprob,
     Usage,
 )
@@ -147,54 +143,7 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
                            param="model", code="model_not_found")
         return card()
 
-    def local_engine():
-        engine = service.answerer
-        if getattr(engine, "tokenize", None) is None:
-            raise ApiError(501, "this server answers through a remote backend: ask that server to tokenize",
-                           code="not_supported")
-        return engine
-
-    @app.post("/tokenize", dependencies=[Depends(check_key)], response_model=TokenizeResponse)
-    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
-        """vLLM's /tokenize: a prompt's or a chat's token ids, each image counted as its visual tokens."""
-        engine = local_engine()
-        if extra := sorted(body.model_extra or {}):
-            raise ApiError(400, f"the parameter {extra[0]!r} is not supported by /tokenize", param=extra[0],
-                           code="unsupported_parameter")
-        if (body.prompt is None) == (body.messages is None):
-            raise ApiError(400, "send either prompt or messages", param="prompt")
-        if not body.add_generation_prompt:
-            raise ApiError(400, "add_generation_prompt false is not supported: chats are rendered ready for the "
-                                "answer, as /v1/chat/completions sends them", param="add_generation_prompt")
-
-        def count() -> list[int]:
-            if body.prompt is not None:
-                add = body.add_special_tokens if body.add_special_tokens is not None else True
-                return engine.tokenize(body.prompt, add_special_tokens=add)
-            chat = ChatRequest(messages=body.messages)
-            turns, details = convert.to_turns(chat)
-            try:
-                return engine.tokenize(turns, convert.to_options(chat, details, settings))
-            except VlassistError as exc:
-                raise ApiError(400, str(exc), param="messages") from None
-
-        tokens = await run_in_threadpool(count)
-        strs = engine.processor.tokenizer.convert_ids_to_tokens(tokens) if body.return_token_strs else None
-        return TokenizeResponse(count=len(tokens), max_model_len=card().max_model_len, tokens=tokens,
-                                token_strs=strs)
-
-    @app.post("/detokenize", dependencies=[Depends(check_key)], response_model=DetokenizeResponse)
-    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
-        """vLLM's /detokenize: token ids back to text."""
-        engine = local_engine()
-        if extra := sorted(body.model_extra or {}):
-            raise ApiError(400, f"the parameter {extra[0]!r} is not supported by /detokenize", param=extra[0],
-                           code="unsupported_parameter")
-        size = len(engine.processor.tokenizer)
-        if bad := [t for t in body.tokens if not 0 <= t < size]:
-            raise ApiError(400, f"token id {bad[0]} is not in this model's vocabulary (0–{size - 1})",
-                           param="tokens")
-        return DetokenizeResponse(prompt=engine.detokenize(body.tokens))
+    tokens.add_routes(app, service, settings, [Depends(check_key)], lambda: card().max_model_len)
 
     if metrics is not None:
         @app.get("/metrics", dependencies=[Depends(check_key)])

@@ -125,8 +125,15 @@ class Engine:
         return list(tokenizer([expanded])["input_ids"][0])
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        """The text of token ids, special tokens included (vLLM's /detokenize)."""
+        """The text of token ids, special tokens included (vLLM's /detokenize); unknown ids raise OptionError."""
+        size = len(self.processor.tokenizer)
+        if bad := [t for t in tokens if not 0 <= t < size]:
+            raise OptionError(f"token id {bad[0]} is not in this model's vocabulary (0–{size - 1})", param="tokens")
         return self.processor.tokenizer.decode(list(tokens))
+
+    def token_strs(self, tokens: Sequence[int]) -> list[str]:
+        """Each token id's vocabulary entry (byte-level pieces, as the tokenizer stores them)."""
+        return list(self.processor.tokenizer.convert_ids_to_tokens(list(tokens)))
 
     def memory(self) -> dict:
         """Device memory in use, in GiB."""
