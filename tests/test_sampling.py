@@ -84,6 +84,16 @@ def test_logprobs_are_log_softmax_of_the_raw_row_with_the_top_alternatives():
     assert [t for t, _ in top] == [0, 1] and [lp for _, lp in top] == pytest.approx([math.log(0.5), math.log(0.3)])
 
 
+def test_pick_is_argmax_greedy_and_draws_only_kept_tokens_when_sampling():
+    """Greedy pick is the argmax; a sampled pick after top_k 2 only ever draws one of the two kept tokens."""
+    logits = row(1.0, 3.0, 2.0, 0.0)
+    assert sampling.pick(logits, GenerationOptions()) == 1
+    options = GenerationOptions(precise=False, temperature=1.0, top_p=1.0, top_k=2)
+    generator = torch.Generator().manual_seed(0)
+    drawn = {sampling.pick(sampling.warp(logits, options), options, generator) for _ in range(50)}
+    assert drawn == {1, 2}
+
+
 def test_rows_processor_applies_each_rows_own_tokens():
     """The batched form penalises each row by its own answer tokens (columns after the prompt)."""
     options = GenerationOptions(presence_penalty=1.0)
