@@ -106,27 +106,41 @@ def test_rows_processor_applies_each_rows_own_tokens():
 QUESTION = [Turn("user", "Describe it", [load_image(image_bytes())])]
 
 
-def test_a_huge_logit_bias_forces_a_token(engine25):
+def test_a_huge_logit_bias_forces_a_token(engine):
     """logit_bias +100 on one token makes every greedy answer token that token."""
-    tokenizer = engine25.processor.tokenizer
+    tokenizer = engine.processor.tokenizer
     token = tokenizer.convert_tokens_to_ids("a")
-    reply = engine25.stream(QUESTION, GenerationOptions(max_new_tokens=5, logit_bias=((token, 100.0),)))
+    reply = engine.stream(QUESTION, GenerationOptions(max_new_tokens=5, logit_bias=((token, 100.0),)))
     reply.consume()
     assert reply.text == "aaaaa"
 
 
-def test_logprobs_come_with_each_answer_token(engine25):
+def test_logprobs_come_with_each_answer_token(engine):
     """options.logprobs gives one entry per answer token, each with its alternatives, bytes joining to the text."""
-    reply = engine25.stream(QUESTION, GenerationOptions(max_new_tokens=6, min_new_tokens=6, logprobs=3))
+    reply = engine.stream(QUESTION, GenerationOptions(max_new_tokens=6, min_new_tokens=6, logprobs=3))
     text = reply.consume()
     assert len(reply.logprobs) == 6
     assert all(e.logprob <= 0 and len(e.top) == 3 and e.top[0].logprob >= e.logprob for e in reply.logprobs)
     assert bytes(b for e in reply.logprobs for b in e.bytes).decode("utf-8", "replace") == text
 
 
-def test_regex_and_choice_constrain_the_answer(engine25):
+def test_regex_and_choice_constrain_the_answer(engine):
     """A regular expression or a list of choices holds the answer to it."""
-    regex = engine25.stream(QUESTION, GenerationOptions(max_new_tokens=12, regex=r"[0-9]{3}-[a-c]{2}"))
+    regex = engine.stream(QUESTION, GenerationOptions(max_new_tokens=12, regex=r"[0-9]{3}-[a-c]{2}"))
     assert re.fullmatch(r"[0-9]{3}-[a-c]{2}", regex.consume())
-    choice = engine25.stream(QUESTION, GenerationOptions(max_new_tokens=12, choice=("yes", 'no "way"')))
+    choice = engine.stream(QUESTION, GenerationOptions(max_new_tokens=12, choice=("yes", 'no "way"')))
     assert choice.consume() in ("yes", 'no "way"')
+
+
+def test_tokenize_counts_each_image_as_the_prompt_encodes_it(engine):
+    """Engine.tokenize gives the same ids as the encoded prompt: each image as its visual tokens."""
+    options = GenerationOptions()
+    inputs, _ = engine.encode(QUESTION, options)
+    assert engine.tokenize(QUESTION, options) == inputs["input_ids"][0].tolist()
+
+
+def test_a_greedy_answer_with_neutral_options_is_unchanged(engine):
+    """Zero penalties and an empty bias take the plain greedy path: the same answer as default options."""
+    plain = engine.stream(QUESTION, GenerationOptions(max_new_tokens=6)).consume()
+    neutral = GenerationOptions(max_new_tokens=6, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=())
+    assert engine.stream(QUESTION, neutral).consume() == plain
