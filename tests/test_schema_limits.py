@@ -27,6 +27,12 @@ def test_a_recursive_schema_through_properties_is_allowed():
     ({"type": "object", "properties": {"a": {"enum": list(range(1001))}}}, "$.properties.a.enum: 1,001 values"),
     ({"type": "string", "pattern": "(a{50}){50}"}, "$.pattern: the regular expression expands to 2,500"),
     ({"description": "x" * 100_001}, "over the limit of 100,000"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(65)}},
+     "$.properties: 65 optional properties in one object"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "object", "properties": {f"q{j}": {} for j in range(40)},
+                                                  "required": [f"q{j}" for j in range(40)]} for i in range(30)},
+      "required": [f"p{i}" for i in range(30)]}, "over 1,000 properties in all"),
+    ({"anyOf": [{"anyOf": [{"const": i}, {"const": -i}]} for i in range(600)]}, "alternatives in all"),
 ])
 def test_schemas_over_a_limit_are_refused_with_their_path(schema, words):
     """Each kind of costly or looping schema raises SchemaError whose message names where and which limit."""

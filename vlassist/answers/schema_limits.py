@@ -20,6 +20,11 @@ MAX_DEPTH = 64  # levels of objects and arrays inside the schema document
 MAX_ENUM = 1_000  # values of one enum (and choices of one `choice` list)
 MAX_PATTERN_SIZE = 2_000  # a regular expression's size with its counted repetitions expanded
 MAX_REGEX_CHARS = 10_000  # a regular expression's own length
+# Optional properties make the grammar offer every subset in order: its size grows with their square per object,
+# and with the properties of the whole schema (2,000 optional properties in one object took 95 s to compile).
+MAX_PROPERTIES = 1_000  # properties of all objects in the schema together
+MAX_OPTIONAL = 64  # optional properties of one object
+MAX_BRANCHES = 1_000  # anyOf / oneOf alternatives in the schema together
 
 _COUNT = re.compile(r"\{(\d+)(?:(,)(\d*))?\}")
 # Keywords whose subschemas match the same text as their parent: a `$ref` loop through these alone never ends.
@@ -153,6 +158,7 @@ def check_schema_limits(schema: dict, text: str | None = None) -> None:
     if size > MAX_SCHEMA_CHARS:
         raise SchemaError(f"$: the schema is {size:,} characters long, over the limit of {MAX_SCHEMA_CHARS:,}")
     objects: list[tuple[str, dict]] = []
+    properties = branches = 0
     for path, node, depth in _walk(schema):
         if depth > MAX_DEPTH:
             shown = path if len(path) <= 100 else path[:100] + "…"
@@ -163,5 +169,21 @@ def check_schema_limits(schema: dict, text: str | None = None) -> None:
             raise SchemaError(f"{path}.enum: {len(node['enum']):,} values, over the limit of {MAX_ENUM:,}")
         if isinstance(node.get("pattern"), str):
             check_regex(node["pattern"], f"{path}.pattern")
+        if isinstance(node.get("properties"), dict) and node["properties"]:
+            names = node["properties"]
+            properties += len(names)
+            if properties > MAX_PROPERTIES:
+                raise SchemaError(f"{path}.properties: the schema has over {MAX_PROPERTIES:,} properties in all")
+            required = node.get("required") if isinstance(node.get("required"), list) else []
+            optional = len(set(names) - set(required))
+            if optional > MAX_OPTIONAL:
+                raise SchemaError(f"{path}.properties: {optional:,} optional properties in one object, over the "
+                                  f"limit of {MAX_OPTIONAL}; list most of them in `required` (nullable if need be)")
+        for key in ("anyOf", "oneOf"):
+            if isinstance(node.get(key), list):
+                branches += len(node[key])
+                if branches > MAX_BRANCHES:
+                    raise SchemaError(f"{path}.{key}: the schema has over {MAX_BRANCHES:,} anyOf/oneOf "
+                                      "alternatives in all")
         objects.append((path, node))
     _ref_loops(schema, objects)
