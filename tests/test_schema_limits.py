@@ -56,3 +56,5 @@ def test_choice_lists_must_be_non_empty_and_bounded():
         check_choices([], "choice")
     with pytest.raises(SchemaError, match="over the limit"):
         check_choices([str(i) for i in range(2000)], "choice")
+    with pytest.raises(SchemaError, match="100,001 characters"):
+        check_choices(["x" * 100_001], "choice")

@@ -86,6 +86,8 @@ def check_choices(choices: list[str], where: str) -> None:
         raise SchemaError(f"{where}: give at least one choice")
     if len(choices) > MAX_ENUM:
         raise SchemaError(f"{where}: {len(choices):,} choices, over the limit of {MAX_ENUM:,}")
+    if (size := sum(len(c) for c in choices)) > MAX_SCHEMA_CHARS:
+        raise SchemaError(f"{where}: the choices hold {size:,} characters, over the limit of {MAX_SCHEMA_CHARS:,}")
 
 
 def _walk(schema: Any) -> Iterator[tuple[str, Any, int]]:
