@@ -31,7 +31,7 @@ GRAMMARS_KEPT = 64  # compiled grammars cached by their text's hash
 
 _compilers: dict[tuple[int, int], xgr.GrammarCompiler] = {}
 _compilers_lock = threading.Lock()
-_grammars: LRUCache = LRUCache(maxsize=GRAMMARS_KEPT)  # (tokenizer key, kind, sha256) → CompiledGrammar
+_grammars: LRUCache = LRUCache(maxsize=GRAMMARS_KEPT)  # (tokenizer id, width, kind, sha256) → CompiledGrammar
 _grammars_lock = threading.Lock()
 # Admission compiles here, off the event loop and the answer worker; two threads bound what refused work costs.
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlassist-grammar")
@@ -123,13 +123,15 @@ def _compile(compiler: xgr.GrammarCompiler, kind: str, text: str) -> xgr.Compile
 
 def compile_source(tokenizer, kind: str, text: str, model_config) -> xgr.CompiledGrammar:
     """The compiled grammar for (kind, text), checked against the limits first and cached by the text's hash."""
-    compiler = _compiler(tokenizer, model_config)
-    key = (id(compiler), kind, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    size = vocab_size(model_config) or len(tokenizer)
+    key = (id(tokenizer), size, kind, digest)
     with _grammars_lock:
         found = _grammars.get(key)
     if found is not None:
         return found
-    check_source(kind, text)
+    check_source(kind, text)  # before the compiler is built: a refusal costs no vocabulary scan
+    compiler = _compiler(tokenizer, model_config)
     compiled = _compile(compiler, kind, text)
     with _grammars_lock:
         _grammars[key] = compiled
