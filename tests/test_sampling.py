@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -144,3 +145,25 @@ def test_a_greedy_answer_with_neutral_options_is_unchanged(engine):
     plain = engine.stream(QUESTION, GenerationOptions(max_new_tokens=6)).consume()
     neutral = GenerationOptions(max_new_tokens=6, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=())
     assert engine.stream(QUESTION, neutral).consume() == plain
+
+
+def test_grammars_are_compiled_once_per_text(engine25):
+    """The same grammar text compiles once: the second request gets the cached grammar."""
+    from vlassist.engine.constrained import compile_source
+
+    tokenizer, config = engine25.processor.tokenizer, engine25.model.config
+    first = compile_source(tokenizer, "regex", "[a-f]{2}-[0-9]{4}", config)
+    assert compile_source(tokenizer, "regex", "[a-f]{2}-[0-9]{4}", config) is first
+
+
+def test_a_grammar_slower_than_the_budget_is_refused(engine25):
+    """A schema whose compile outlasts the admission budget raises SchemaError naming the limit."""
+    from vlassist.answers.schemas import SchemaError
+    from vlassist.engine.constrained import compile_within
+
+    objects = {f"p{i}": {"type": "object", "properties": {f"q{i}_{j}": {"type": "string"} for j in range(60)}}
+               for i in range(12)}
+    schema = json.dumps({"type": "object", "properties": objects, "required": list(objects)})
+    with pytest.raises(SchemaError, match="longer than 0.001 s to compile"):
+        compile_within(engine25.processor.tokenizer, GenerationOptions(json_schema=schema), engine25.model.config,
+                       budget_s=0.001)
