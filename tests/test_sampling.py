@@ -95,6 +95,16 @@ def test_pick_is_argmax_greedy_and_draws_only_kept_tokens_when_sampling():
     assert drawn == {1, 2}
 
 
+def test_next_token_runs_floor_bias_mask_and_pick_in_order():
+    """next_token holds the end token below min tokens, adds the bias, then applies the row's grammar mask."""
+    options = GenerationOptions(min_new_tokens=2, logit_bias=((1, 5.0),))
+    logits = row(0.0, 0.0, 9.0)  # token 2 ends the answer
+    assert sampling.next_token(logits, options, torch.tensor([0]), eos_ids={2}) == 1
+    assert sampling.next_token(logits, options, torch.tensor([0, 0]), eos_ids={2}) == 2
+    only_zero = lambda r: torch.where(torch.arange(3) == 0, r, torch.tensor(INF))  # noqa: E731
+    assert sampling.next_token(logits, options, torch.tensor([0, 0]), eos_ids={2}, mask=only_zero) == 0
+
+
 def test_rows_processor_applies_each_rows_own_tokens():
     """The batched form penalises each row by its own answer tokens (columns after the prompt)."""
     options = GenerationOptions(presence_penalty=1.0)

@@ -9,7 +9,7 @@ V is the vocabulary (logits) width, n the number of answer tokens so far.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 
 import torch
@@ -102,6 +102,16 @@ def pick(logits: torch.Tensor, options: GenerationOptions, generator: torch.Gene
     if options.precise:
         return int(torch.argmax(logits))
     return int(torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator))
+
+
+def next_token(logits: torch.Tensor, options: GenerationOptions, answer: torch.Tensor, eos_ids: Collection[int],
+               prompt: torch.Tensor | None = None, mask: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               generator: torch.Generator | None = None) -> int:
+    """One row's next token from its raw logits (V,): adjust, the row's grammar `mask` if any, warp, pick."""
+    out = adjust(logits, options, answer, eos_ids, prompt)
+    if mask is not None:
+        out = mask(out)
+    return pick(warp(out, options), options, generator)
 
 
 def logprobs_of(raw: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
