@@ -108,12 +108,34 @@ def schema_processor(tokenizer, options, config):
 def logits_processors(options, prompt_len: int, eos_ids, tokenizer, config) -> list:
     """Logits processors in generate()'s order: answer-length floor, sampling, then the JSON grammar."""
     chain: list = []
+    grammar = grammar_processor(options, tokenizer, config)
+    if grammar is not None and not options.json_schema:
+        # Forced tool calls mask first: top-p after the mask keeps a token the grammar allows, where top-p
+        # before it may have kept only tokens the grammar then removes.
+        chain.append(grammar)
     if options.min_new_tokens:
         chain.append(MinNewTokens(prompt_len, options.min_new_tokens, sorted(eos_ids)))
     if not options.precise:
         if options.repetition_penalty != 1.0:
             chain.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
         chain += [TemperatureLogitsWarper(options.temperature), TopPLogitsWarper(options.top_p)]
-    if options.json_schema:
-        chain.append(schema_processor(tokenizer, options, config))
+    if grammar is not None and options.json_schema:
+        chain.append(grammar)
     return chain
+
+
+def grammar_processor(options, tokenizer, config):
+    """The processor that keeps the answer inside a grammar: the JSON schema, or the forced tool calls; or None."""
+    if options.json_schema:
+        return schema_processor(tokenizer, options, config)
+    if constrained_tools(options):
+        from vlassist.engine.toolgrammar import tool_call_processor
+
+        return tool_call_processor(tokenizer, options, config)
+    return None
+
+
+def constrained_tools(options) -> bool:
+    """True if the answer must be tool calls (a required or named `tool_choice`): a grammar chooses its tokens."""
+    return bool(getattr(options, "tools", None)) and options.tool_choice != "none" and (
+        options.tool_choice == "required" or options.forced_tool is not None)

@@ -11,8 +11,8 @@ from transformers import BatchFeature
 
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.engine import pixels as pixel_prep
-from vlassist.errors import VlassistError
 from vlassist.engine.template import PromptRenderer, check_placeholders
+from vlassist.errors import VlassistError
 from vlassist.images import LoadedImage, Sizing, resize_for_model
 
 PIXEL_MEMO_IMAGES = 4  # processed images kept for follow-ups (~50 MB each at 1920x1080)

@@ -26,12 +26,13 @@ from vlassist.conversation import GenerationOptions, Stats, Turn
 from vlassist.engine.decode import (
     cache_layers,
     choose,
+    constrained_tools,
     decode_step,
+    grammar_processor,
     logits_processors,
     new_cache,
     prefill,
     rope_positions,
-    schema_processor,
     step_positions,
 )
 from vlassist.engine.encode import conversation_images
@@ -185,7 +186,7 @@ def greedy_blocks_fit(engine: Engine, gen: Generation) -> bool:
     """True if this answer can be chosen on the device: greedy, no grammar, and a greedy step for the bucket."""
     options = gen.options
     return (gen.fast is not None and engine.decode_block > 0 and options.precise and not options.json_schema
-            and gen.fast.greedy_ready())
+            and not constrained_tools(options) and gen.fast.greedy_ready())
 
 
 def decode_per_step(engine: Engine, gen: Generation, token: torch.Tensor, processors: list) -> torch.Tensor:
@@ -262,7 +263,7 @@ def plain_generate(engine: Engine, gen: Generation) -> torch.Tensor:
         min_new_tokens=options.min_new_tokens or None, stopping_criteria=StoppingCriteriaList([StopOnEvent(gen.stop)]),
         pad_token_id=engine.processor.tokenizer.pad_token_id, **options.sampling_kwargs(),
     )
-    if options.json_schema:
-        kwargs["logits_processor"] = LogitsProcessorList([schema_processor(engine.processor.tokenizer, options,
-                                                                           engine.model.config)])
+    grammar = grammar_processor(options, engine.processor.tokenizer, engine.model.config)
+    if grammar is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([grammar])
     return engine.model.generate(**kwargs)
