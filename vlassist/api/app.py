@@ -37,8 +37,10 @@ from .models import (
     Extension,
     ModelCard,
     ModelList,
+    ToolCallDelta,
     Usage,
 )
+from .toolcalls import ToolCallSplitter, calls_expected
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 STOP_WAIT_S = 30.0  # how long a cancelled answer may take to end (one decode step, normally)
@@ -136,6 +138,7 @@ class _Answer:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.text = ""
+        self.tools = ToolCallSplitter(calls_expected(body), body.parallel_tool_calls is not False)
 
     async def _pieces(self) -> AsyncIterator[str]:
         """Text to send, as the job makes it; cancels the job on a stop string or when the client leaves."""
@@ -209,10 +212,24 @@ class _Answer:
             pass
         if (error := self._failed()) is not None:
             raise error
-        reason = convert.finish_reason(self.job.stats, self.cutter.hit)
+        self.tools.feed(self.text)
+        self.tools.finish()
+        calls = self.tools.calls or None
+        reason = convert.finish_reason(self.job.stats, self.cutter.hit, bool(calls))
+        content = self.tools.content if self.tools.content or not calls else None
+        message = AssistantMessage(content=content, tool_calls=calls)
         return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=self._usage(),
-                              choices=[Choice(message=AssistantMessage(content=self.text), finish_reason=reason)],
+                              choices=[Choice(message=message, finish_reason=reason)],
                               vlassist=self._extension())
+
+    def _deltas(self, content: str, calls: list) -> str:
+        """The events for split answer text: its content, then each completed call whole."""
+        events = self._chunk(Delta(content=content)) if content else ""
+        for call in calls:
+            index = self.tools.calls.index(call)
+            events += self._chunk(Delta(tool_calls=[ToolCallDelta(index=index, id=call.id,
+                                                                  function=call.function)]))
+        return events
 
     def _chunk(self, delta: Delta, finish: str | None = None, **extra) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
@@ -224,13 +241,15 @@ class _Answer:
         try:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
-                yield self._chunk(Delta(content=piece))
+                if events := self._deltas(*self.tools.feed(piece)):
+                    yield events
             # The closing events go out in one write: the client's stream ends with no extra round of the loop.
             if (error := self._failed()) is not None:
                 closing = f"data: {json.dumps(error.body())}\n\n"
             else:
-                reason = convert.finish_reason(self.job.stats, self.cutter.hit)
-                closing = self._chunk(Delta(), reason, vlassist=self._extension())
+                closing = self._deltas(*self.tools.finish())
+                reason = convert.finish_reason(self.job.stats, self.cutter.hit, bool(self.tools.calls))
+                closing += self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
                 if options is not None and options.include_usage:
                     usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
