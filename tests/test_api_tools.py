@@ -52,7 +52,7 @@ def _check_call(call, tool):
 def test_required_tool_choice_returns_a_valid_call(client):
     """tool_choice "required": finish_reason tool_calls, no content, each call's arguments valid for its tool."""
     reply = client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER, TIME], tool_choice="required",
-                                           max_tokens=60)
+                                           max_tokens=200)
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert choice.message.tool_calls
@@ -62,7 +62,7 @@ def test_required_tool_choice_returns_a_valid_call(client):
 
 def test_a_named_tool_choice_calls_that_function_once(client):
     """A named function with parallel_tool_calls off gives exactly one call, to that function."""
-    reply = client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER, TIME], max_tokens=60,
+    reply = client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER, TIME], max_tokens=200,
                                            tool_choice={"type": "function", "function": {"name": "get_time"}},
                                            parallel_tool_calls=False)
     calls = reply.choices[0].message.tool_calls
@@ -72,7 +72,7 @@ def test_a_named_tool_choice_calls_that_function_once(client):
 
 def test_streamed_tool_calls_arrive_as_deltas(client):
     """Streamed, a forced call arrives as a tool_calls delta equal to the non-streamed call; finish is tool_calls."""
-    body = {"model": "any", "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 60,
+    body = {"model": "any", "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 200,
             "parallel_tool_calls": False}
     whole = client.chat.completions.create(**body).choices[0].message.tool_calls[0]
     deltas, finish, content = [], None, ""
@@ -96,7 +96,7 @@ def test_tool_choice_none_never_returns_calls(client):
 def test_tool_results_in_the_history_are_answered(client):
     """An assistant message with tool_calls and the tool's result are accepted, and the model answers after them."""
     forced = client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER], tool_choice="required",
-                                            max_tokens=60, parallel_tool_calls=False)
+                                            max_tokens=200, parallel_tool_calls=False)
     call = forced.choices[0].message.tool_calls[0]
     history = ASK + [forced.choices[0].message.model_dump(exclude_none=True),
                      {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'}]
@@ -148,7 +148,7 @@ def test_langchain_bind_tools_with_a_forced_tool_returns_its_call(server):
         """Current weather in a city."""
         return "21 C"
 
-    llm = ChatOpenAI(base_url=f"{server}/v1", api_key=API_KEY, model="any", max_tokens=60, max_retries=0)
+    llm = ChatOpenAI(base_url=f"{server}/v1", api_key=API_KEY, model="any", max_tokens=200, max_retries=0)
     message = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
     assert [call["name"] for call in message.tool_calls] == ["get_weather"]
     assert isinstance(message.tool_calls[0]["args"]["city"], str)
@@ -164,7 +164,7 @@ def test_langchain_with_structured_output_parses_for_every_method(server, method
         number: str
         total: float
 
-    llm = ChatOpenAI(base_url=f"{server}/v1", api_key=API_KEY, model="any", max_tokens=60, max_retries=0)
+    llm = ChatOpenAI(base_url=f"{server}/v1", api_key=API_KEY, model="any", max_tokens=200, max_retries=0)
     if method == "json_mode":  # any JSON object: a dict schema, parsed without validation
         result = llm.with_structured_output({"title": "Invoice", "type": "object"}, method=method).invoke(
             "The invoice as JSON")
@@ -180,7 +180,7 @@ def test_litellm_gets_the_forced_tool_call(server):
     import litellm
 
     reply = litellm.completion(model="openai/any", api_base=f"{server}/v1", api_key=API_KEY, messages=ASK,
-                               tools=[WEATHER], tool_choice="required", max_tokens=60)
+                               tools=[WEATHER], tool_choice="required", max_tokens=200)
     call = reply.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
@@ -198,7 +198,7 @@ def test_pydantic_ai_default_structured_output(server):
         total: float
 
     model = OpenAIChatModel("any", provider=OpenAIProvider(base_url=f"{server}/v1", api_key=API_KEY))
-    agent = Agent(model, output_type=Invoice, model_settings={"max_tokens": 60})
+    agent = Agent(model, output_type=Invoice, model_settings={"max_tokens": 200})
     assert isinstance(agent.run_sync("Invoice INV-7, total 12.50").output, Invoice)
 
 
@@ -243,3 +243,18 @@ def test_one_call_only_when_parallel_calls_are_off():
     """parallel_tool_calls false: only the first of several calls is returned."""
     block = '<tool_call>\n{"name": "%s", "arguments": {}}\n</tool_call>'
     assert [name for name, _ in _split([block % "a" + "\n" + block % "b"], parallel=False)[1]] == ["a"]
+
+
+README_ADDRESS = "http://127.0.0.1:8000/v1"
+
+
+@pytest.mark.parametrize("marker", ["import openai", "from langchain_openai", "import litellm", "from pydantic_ai"])
+def test_the_readme_client_snippets_run_as_printed(server, marker, capsys):
+    """Each client library's README snippet runs against the server (only its address and key changed)."""
+    from test_readme_api import readme_block
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    snippet = readme_block("python", marker)
+    assert README_ADDRESS in snippet and 'api_key="unused"' in snippet
+    exec(snippet.replace(README_ADDRESS, f"{server}/v1").replace('api_key="unused"', f'api_key="{API_KEY}"'), {})
+    assert capsys.readouterr().out.strip()
