@@ -258,3 +258,9 @@ def test_the_readme_client_snippets_run_as_printed(server, marker, capsys):
     assert README_ADDRESS in snippet and 'api_key="unused"' in snippet
     exec(snippet.replace(README_ADDRESS, f"{server}/v1").replace('api_key="unused"', f'api_key="{API_KEY}"'), {})
     assert capsys.readouterr().out.strip()
+
+
+def test_a_raw_control_character_in_an_argument_string_is_escaped():
+    """A call whose string holds a raw control character is still a call; its arguments are valid JSON."""
+    content, calls = _split(['<tool_call>\n{"name": "f", "arguments": {"city": "a\x02b"}}\n</tool_call>'])
+    assert content == "" and json.loads(calls[0][1]) == {"city": "a\x02b"}

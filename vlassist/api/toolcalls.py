@@ -55,7 +55,7 @@ def calls_expected(body: ChatRequest) -> bool:
 
 def _call(body: str, repair: bool = False) -> ToolCall | None:
     try:
-        data = json.loads(body)
+        data = json.loads(body, strict=False)  # a raw control character inside a string is still that string
     except ValueError:
         if not repair:
             return None
