@@ -9,16 +9,44 @@ from typing import Literal, Protocol
 
 from vlassist.images import LoadedImage, Sizing
 
-Role = Literal["user", "assistant"]
+Role = Literal["user", "assistant", "system", "tool"]
+
+
+@dataclass
+class ToolCall:
+    """One function call an assistant turn made: its id, the function's name and its arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
 
 
 @dataclass
 class Turn:
-    """One message of a conversation: text and zero or more images (images only on user turns)."""
+    """One message of a conversation: text and zero or more images (images only on user turns).
+
+    `parts` keeps text and images in the order they were sent (`Turn.of_parts` fills `text` and `images` from
+    it); without it the images come first, then the text. A `system` turn holds instructions, an assistant turn
+    may carry `tool_calls`, and a `tool` turn is one call's result (`tool_call_id`).
+    """
 
     role: Role
     text: str = ""
     images: list[LoadedImage] = field(default_factory=list)
+    parts: list[str | LoadedImage] | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+
+    @classmethod
+    def of_parts(cls, role: Role, parts: Sequence[str | LoadedImage], **extra) -> Turn:
+        """A turn whose text and images stand in `parts`' order; `text` joins its text parts with newlines."""
+        texts = [part for part in parts if isinstance(part, str)]
+        images = [part for part in parts if not isinstance(part, str)]
+        return cls(role, "\n".join(t for t in texts if t), images, list(parts), **extra)
+
+    def ordered_parts(self) -> list[str | LoadedImage]:
+        """Text and images in the order the model sees them."""
+        return list(self.parts) if self.parts is not None else [*self.images, self.text]
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,10 @@ class GenerationOptions:
     logprobs: int | None = None  # report each answer token's log-probability and this many alternatives
     regex: str | None = None  # constrain the answer to match this regular expression
     choice: tuple[str, ...] | None = None  # constrain the answer to exactly one of these strings
+    tools: str | None = None  # JSON list of OpenAI-style function tools the chat template shows the model
+    tool_choice: Literal["auto", "none", "required"] = "auto"  # "required": the answer is one or more calls
+    forced_tool: str | None = None  # the one function the answer must call (OpenAI's named tool_choice)
+    parallel_tool_calls: bool = True  # with a required or forced call: may the answer make more than one
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for transformers' generate() that select the decoding strategy."""

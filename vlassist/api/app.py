@@ -42,10 +42,12 @@ from .models import (
     Extension,
     ModelCard,
     ModelList,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
 from .models import TokenLogprob as ApiTokenLogprob
+from .toolcalls import ToolCallSplitter, calls_expected
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 STOP_WAIT_S = 30.0  # how long a cancelled answer may take to end (one decode step, normally)
@@ -190,6 +192,7 @@ class _Answer:
         self.created = int(time.time())
         self.text = ""
         self.logprobs_sent = 0  # answer tokens whose logprobs have gone out
+        self.tools = ToolCallSplitter(calls_expected(body), body.parallel_tool_calls is not False)
 
     def _logprobs(self, final: bool) -> ChoiceLogprobs | None:
         """Logprobs of the tokens not sent yet whose bytes the text sent so far holds (all of them at the end,
@@ -284,11 +287,25 @@ class _Answer:
         self._count()
         if (error := self._failed()) is not None:
             raise error
-        reason = convert.finish_reason(self.job.stats, self.cutter.hit)
-        choice = Choice(message=AssistantMessage(content=self.text), finish_reason=reason,
-                        logprobs=self._logprobs(final=True))
+        self.tools.feed(self.text)
+        self.tools.finish()
+        calls = self.tools.calls or None
+        reason = convert.finish_reason(self.job.stats, self.cutter.hit, bool(calls))
+        content = self.tools.content if self.tools.content or not calls else None
+        message = AssistantMessage(content=content, tool_calls=calls)
+        choice = Choice(message=message, finish_reason=reason, logprobs=self._logprobs(final=True))
         return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=self._usage(),
                               choices=[choice], vlassist=self._extension())
+
+    def _deltas(self, content: str, calls: list, logprobs: ChoiceLogprobs | None = None) -> str:
+        """The events for split answer text: its content (with the logprobs of its tokens), then each completed
+        call whole."""
+        events = self._chunk(Delta(content=content), logprobs=logprobs) if content or (logprobs is not None and logprobs.content) else ""
+        for call in calls:
+            index = self.tools.calls.index(call)
+            events += self._chunk(Delta(tool_calls=[ToolCallDelta(index=index, id=call.id,
+                                                                  function=call.function)]))
+        return events
 
     def _chunk(self, delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None,
                **extra) -> str:
@@ -302,7 +319,8 @@ class _Answer:
         try:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
-                yield self._chunk(Delta(content=piece), logprobs=self._logprobs(final=False))
+                if events := self._deltas(*self.tools.feed(piece), logprobs=self._logprobs(final=False)):
+                    yield events
             # The closing events go out in one write: the client's stream ends with no extra round of the loop.
             self._count()
             if (error := self._failed()) is not None:
@@ -312,8 +330,9 @@ class _Answer:
             else:
                 rest = self._logprobs(final=True)
                 # Tokens whose text the stream had not sent yet (the last characters, or none at all).
-                closing = self._chunk(Delta(content=""), logprobs=rest) if rest is not None and rest.content else ""
-                reason = convert.finish_reason(self.job.stats, self.cutter.hit)
+                closing = self._deltas(*self.tools.finish(),
+                                       logprobs=rest if rest is not None and rest.content else None)
+                reason = convert.finish_reason(self.job.stats, self.cutter.hit, bool(self.tools.calls))
                 closing += self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
                 if options is not None and options.include_usage:

@@ -9,7 +9,7 @@ import re
 
 from vlassist.answers.parsing import parse_boxes
 from vlassist.config import Settings
-from vlassist.conversation import GenerationOptions, Stats, Turn
+from vlassist.conversation import GenerationOptions, Stats, ToolCall, Turn
 from vlassist.errors import VlassistError
 from vlassist.images import LoadedImage, load_image
 
@@ -71,40 +71,44 @@ def _parts(message: Message) -> list[ContentPart]:
     return message.content
 
 
+def _text(message: Message, m: int, what: str) -> str:
+    texts = []
+    for p, part in enumerate(_parts(message)):
+        if part.type != "text":
+            where = f"messages[{m}].content[{p}]"
+            raise ApiError(400, f"{where}: images are accepted in user messages only, not in {what}", param=where)
+        texts.append(part.text or "")
+    return "".join(texts)
+
+
 def to_turns(body: ChatRequest) -> tuple[list[Turn], list[str]]:
-    """The conversation as turns (system text leads the first user turn) and each image's `detail`."""
-    system: list[str] = []
+    """The conversation as turns, message by message and parts in order, and each image's `detail`."""
     turns: list[Turn] = []
     details: list[str] = []
     for m, message in enumerate(body.messages):
-        role = "system" if message.role == "developer" else message.role
-        texts, images = [], []
-        for p, part in enumerate(_parts(message)):
-            where = f"messages[{m}].content[{p}]"
-            if part.type == "text":
-                texts.append(part.text or "")
-            elif role != "user":
-                raise ApiError(400, f"{where}: images are accepted in user messages only", param=where)
-            elif part.image_url is None:
-                raise ApiError(400, f"{where}: an image_url part needs an image_url object", param=where)
-            else:
-                images.append(decode_image(part.image_url.url, where))
-                details.append(part.image_url.detail)
-        text = "\n".join(t for t in texts if t)
-        if role == "system":
-            system.append(text)
-        elif turns and turns[-1].role == role:  # two user messages in a row are one turn to the model
-            turns[-1].text = "\n".join(t for t in (turns[-1].text, text) if t)
-            turns[-1].images.extend(images)
+        if message.role in ("system", "developer"):
+            turns.append(Turn("system", _text(message, m, f"{message.role} messages")))
+        elif message.role == "tool":
+            turns.append(Turn("tool", _text(message, m, "tool messages"), tool_call_id=message.tool_call_id))
+        elif message.role == "assistant":
+            calls = [ToolCall(call.id, call.function.name, call.function.arguments)
+                     for call in message.tool_calls or []]
+            turns.append(Turn("assistant", _text(message, m, "assistant messages"), tool_calls=calls))
         else:
-            turns.append(Turn(role, text, images))
-    # The engine's chat template has no system slot of its own here, so the instructions lead the first question.
-    first_user = next((t for t in turns if t.role == "user"), None)
-    if first_user is not None and any(system):
-        first_user.text = "\n\n".join([*filter(None, system), first_user.text]).strip()
-    if not turns or turns[-1].role != "user":
-        raise ApiError(400, "the last message must be a user message", param="messages")
-    if not turns[-1].text.strip() and not turns[-1].images:
+            parts: list = []
+            for p, part in enumerate(_parts(message)):
+                where = f"messages[{m}].content[{p}]"
+                if part.type == "text":
+                    parts.append(part.text or "")
+                elif part.image_url is None:
+                    raise ApiError(400, f"{where}: an image_url part needs an image_url object", param=where)
+                else:
+                    parts.append(decode_image(part.image_url.url, where))
+                    details.append(part.image_url.detail)
+            turns.append(Turn.of_parts("user", parts))
+    if not turns or turns[-1].role not in ("user", "tool"):
+        raise ApiError(400, "the last message must be a user message (or a tool result)", param="messages")
+    if turns[-1].role == "user" and not turns[-1].text.strip() and not turns[-1].images:
         raise ApiError(400, "the last user message is empty: ask a question or attach an image", param="messages")
     return turns, details
 
@@ -139,8 +143,14 @@ def to_options(body: ChatRequest, details: list[str], settings: Settings) -> Gen
         temperature=body.temperature if body.temperature is not None else defaults.temperature,
         top_p=body.top_p if body.top_p is not None else defaults.top_p,
         max_image_tokens=budget, low_res=low_res, min_new_tokens=min(body.min_tokens or 0, length),
-        seed=body.seed, **option_fields(body, _schema_text(body)),
+        seed=body.seed, **option_fields(body, _schema_text(body)), **_tool_options(body),
     )
+
+
+def _tool_options(body: ChatRequest) -> dict:
+    from .toolcalls import tool_options  # it raises this module's ApiError
+
+    return tool_options(body)
 
 
 def stop_strings(body: ChatRequest) -> list[str]:
@@ -192,6 +202,8 @@ def boxes(text: str, family: str, stats: Stats) -> list[dict] | None:
     return found or None
 
 
-def finish_reason(stats: Stats, cut: bool) -> str:
-    """OpenAI's finish_reason: `length` when the token limit ended it, else `stop`."""
+def finish_reason(stats: Stats, cut: bool, calls: bool = False) -> str:
+    """OpenAI's finish_reason: `tool_calls` for calls, `length` when the token limit ended it, else `stop`."""
+    if calls and stats.stop_reason != "length":
+        return "tool_calls"
     return "length" if stats.stop_reason == "length" and not cut else "stop"

@@ -27,12 +27,64 @@ class ContentPart(BaseModel):
     image_url: ImageURL | None = None
 
 
-class Message(BaseModel):
-    """One chat message; `developer` is treated as `system`."""
+class FunctionCall(BaseModel):
+    """A call's function: its name and its arguments as JSON text."""
 
     model_config = _LENIENT
-    role: Literal["system", "developer", "user", "assistant"]
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(BaseModel):
+    """One function call an assistant message made (in a request's history, or in an answer)."""
+
+    model_config = _LENIENT
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    """One chat message; `developer` is treated as `system`; `tool` carries one call's result."""
+
+    model_config = _LENIENT
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call: name, description and a JSON Schema of its arguments."""
+
+    model_config = _LENIENT
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """One entry of `tools`: only functions exist."""
+
+    model_config = _LENIENT
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    """The function a named `tool_choice` forces."""
+
+    model_config = _LENIENT
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """`tool_choice: {"type": "function", "function": {"name": …}}`: the answer calls this function."""
+
+    model_config = _LENIENT
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class JsonSchemaFormat(BaseModel):
@@ -100,6 +152,9 @@ class ChatRequest(BaseModel):
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class Usage(BaseModel):
@@ -114,7 +169,8 @@ class AssistantMessage(BaseModel):
     """The answer of a non-streamed completion."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = None  # None when the answer is only tool calls
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):
@@ -143,7 +199,7 @@ class Choice(BaseModel):
 
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -166,11 +222,21 @@ class ChatCompletion(BaseModel):
     vlassist: Extension
 
 
+class ToolCallDelta(BaseModel):
+    """One tool call of a streamed answer, sent whole once its block is complete."""
+
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Delta(BaseModel):
-    """New text (and the role, on the first chunk) of a streamed completion."""
+    """New text (and the role, on the first chunk) of a streamed completion; or its tool calls."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -178,7 +244,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: ChoiceLogprobs | None = None
 
 

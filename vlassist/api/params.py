@@ -22,9 +22,6 @@ NEUTRAL: dict[str, tuple] = {
     "store": (False,),
     "service_tier": ("auto", "default"),
     "modalities": (["text"],),
-    "tool_choice": ("none",),
-    "tools": ([],),
-    "parallel_tool_calls": (True, False),  # without tools there is nothing to call in parallel
 }
 MAX_LOGIT_BIAS = 300  # tokens one request may bias (OpenAI's limit)
 MAX_TOP_LOGPROBS = 20

@@ -7,6 +7,8 @@ decode      M-RoPE positions, prefill, one decode step, logits processors and to
 fastdecode  StaticDecoder: preallocated K/V buffers, captured decode/greedy/short-prefill graphs
 kvcache     prefix K/V caches keyed by token ids and image contents (PrefixStore)
 streaming   the timed text streamer answer tokens go to, and the stats made from it
+template    turns → the checkpoint's chat template → token ids, user text as plain text (typed control tokens)
+toolgrammar forced tool calls (tool_choice required or named) as an xgrammar structural tag
 pixels, vision_attention, constrained, sizing, loader, compilecache: device-side patchify, one-call vision
 attention, JSON-schema grammar, model-input sizing, checkpoint loading, compiled kernels kept across restarts
 """

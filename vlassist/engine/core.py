@@ -14,12 +14,13 @@ from vlassist import offline  # noqa: F401  (sets the offline switches before tr
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
 from vlassist.engine import batched, compilecache, generate
-from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, render_chat
+from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, prompt_tools
 from vlassist.engine.fastdecode import build_decoder
 from vlassist.engine.kvcache import PrefixStore
 from vlassist.engine.loader import ModelInfo, Progress, load, process_age_s
 from vlassist.engine.sizing import plan_size
 from vlassist.engine.streaming import finish_stats
+from vlassist.engine.template import PromptRenderer
 from vlassist.engine.upgrade import compile_in_background
 from vlassist.errors import OptionError, VlassistError
 from vlassist.images import LoadedImage, Sizing
@@ -48,6 +49,7 @@ class Engine:
         self.image_token_id = model.config.image_token_id
         self.merge_size = model.config.vision_config.spatial_merge_size
         self.pixels = PixelMemo(processor.image_processor, model.device, info.min_pixels)
+        self.prompts = PromptRenderer(processor)
         self.decode_block = DECODE_BLOCK  # 0: choose every token on the host, one step at a time
         self.short_prefill = True  # few new text tokens after a reused prefix: prefill them in the static buffers
         self.upgrade = None  # a DecoderUpgrade while a faster decoder is built beside the serving one
@@ -89,9 +91,8 @@ class Engine:
         """
         check_turns(turns)
         visual = [self.plan(image, options).visual_tokens for image in conversation_images(turns)]
-        text = render_chat(self.processor, turns)
         # Each image stands as one placeholder token in the text; the processor expands it to its visual tokens.
-        count = len(self.processor.tokenizer([text])["input_ids"][0])  # as encode_prompt tokenizes
+        count = len(self.prompts.token_ids(turns, prompt_tools(options)))  # as encode_prompt tokenizes
         return count - len(visual) + sum(visual)
 
     @property
@@ -119,10 +120,10 @@ class Engine:
             return list(tokenizer(turns, add_special_tokens=add_special_tokens)["input_ids"])
         check_turns(turns)
         visual = [self.plan(image, options).visual_tokens for image in conversation_images(turns)]
-        pad = self.processor.image_token
-        pieces = render_chat(self.processor, turns).split(pad)
-        expanded = pieces[0] + "".join(pad * count + piece for count, piece in zip(visual, pieces[1:]))
-        return list(tokenizer([expanded])["input_ids"][0])
+        # The same ids encode_prompt builds: each image placeholder expanded to that image's visual tokens.
+        counts = iter(visual)
+        ids = self.prompts.token_ids(turns, prompt_tools(options))
+        return [t for i in ids for t in ([i] * next(counts) if i == self.image_token_id else [i])]
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of token ids, special tokens included (vLLM's /detokenize); unknown ids raise OptionError."""
@@ -150,8 +151,8 @@ class Engine:
         """Render the chat template and run the processor: (model inputs, per-image sizings)."""
         check_turns(turns)
         sizings = [self.plan(image, options) for image in conversation_images(turns)]
-        inputs = encode_prompt(self.processor, self.pixels, turns, sizings, self.image_token_id, self.merge_size,
-                               self.model.device)
+        inputs = encode_prompt(self.prompts, self.pixels, turns, sizings, self.image_token_id, self.merge_size,
+                               self.model.device, prompt_tools(options))
         return inputs, sizings
 
     def stream(

@@ -89,17 +89,37 @@ def schema_processor(tokenizer, options, config):
 
 
 def constrained(options) -> bool:
-    """True if the answer is held to a grammar: a JSON Schema, a regular expression or a list of choices."""
-    return bool(options.json_schema or options.regex or options.choice)
+    """True if the answer is held to a grammar: a JSON Schema, a regular expression, a list of choices, or forced
+    tool calls."""
+    return bool(options.json_schema or options.regex or options.choice) or constrained_tools(options)
 
 
 def logits_processors(options, prompt_len: int, eos_ids, tokenizer, config, prompt_known: bool = True) -> list:
     """Logits processors in order: answer-length floor, penalties and bias, the grammar, then the sampling filters.
 
-    `prompt_known` False (a left-padded batch) keeps the prompt out of the repetition penalty.
+    `prompt_known` False (a left-padded batch) keeps the prompt out of the repetition penalty. The grammar comes
+    before top-k/top-p, so the filters keep a token the grammar allows.
     """
     before, after = sampling.rows_processors(options, prompt_len, sorted(eos_ids), prompt_known)
     chain: list = list(before)
-    if constrained(options):
-        chain.append(schema_processor(tokenizer, options, config))
+    grammar = grammar_processor(options, tokenizer, config)
+    if grammar is not None:
+        chain.append(grammar)
     return chain + after
+
+
+def grammar_processor(options, tokenizer, config):
+    """The processor that keeps the answer inside a grammar (JSON schema, regex, choices, or forced tool calls)."""
+    if options.json_schema or options.regex or options.choice:
+        return schema_processor(tokenizer, options, config)
+    if constrained_tools(options):
+        from vlassist.engine.toolgrammar import tool_call_processor
+
+        return tool_call_processor(tokenizer, options, config)
+    return None
+
+
+def constrained_tools(options) -> bool:
+    """True if the answer must be tool calls (a required or named `tool_choice`): a grammar chooses its tokens."""
+    return bool(getattr(options, "tools", None)) and options.tool_choice != "none" and (
+        options.tool_choice == "required" or options.forced_tool is not None)

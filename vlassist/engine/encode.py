@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
 from cachetools import LRUCache
+from transformers import BatchFeature
 
-from vlassist.conversation import Turn
+from vlassist.conversation import GenerationOptions, Turn
 from vlassist.engine import pixels as pixel_prep
+from vlassist.engine.template import PromptRenderer, check_placeholders
 from vlassist.errors import VlassistError
 from vlassist.images import LoadedImage, Sizing, resize_for_model
 
@@ -21,23 +24,19 @@ def conversation_images(turns: Sequence[Turn]) -> list[LoadedImage]:
 
 
 def check_turns(turns: Sequence[Turn]) -> None:
-    """Raise VlassistError unless the conversation ends with a user turn that asks or shows something."""
-    if not turns or turns[-1].role != "user":
+    """Raise VlassistError unless the conversation ends with a user turn that asks or shows something (or with
+    a tool's result, which the model answers next)."""
+    if not turns or turns[-1].role not in ("user", "tool"):
         raise VlassistError("a conversation must end with a user turn")
-    if not turns[-1].text.strip() and not turns[-1].images:
+    if turns[-1].role == "user" and not turns[-1].text.strip() and not turns[-1].images:
         raise VlassistError("ask a question or attach an image")
 
 
-def render_chat(processor, turns: Sequence[Turn]) -> str:
-    """The chat template's text for `turns`, one image placeholder per image, ready for the answer."""
-    messages = []
-    for turn in turns:
-        if turn.role == "assistant":
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.text}]})
-            continue
-        parts = [{"type": "image"} for _ in turn.images]
-        messages.append({"role": "user", "content": parts + [{"type": "text", "text": turn.text}]})
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def prompt_tools(options: GenerationOptions) -> list | None:
+    """The tool definitions the template shows the model: none when `tool_choice` is "none"."""
+    if not options.tools or options.tool_choice == "none":
+        return None
+    return json.loads(options.tools)
 
 
 class PixelMemo:
@@ -72,27 +71,26 @@ class PixelMemo:
         return out["pixel_values"].to(self.device), out["image_grid_thw"].to(self.device)
 
 
-def encode_prompt(processor, memo: PixelMemo, turns: Sequence[Turn], sizings: Sequence[Sizing],
-                  image_token_id: int, merge_size: int, device):
+def encode_prompt(renderer: PromptRenderer, memo: PixelMemo, turns: Sequence[Turn], sizings: Sequence[Sizing],
+                  image_token_id: int, merge_size: int, device, tools: list | None = None):
     """The model inputs for `turns` whose images were planned as `sizings`, on the device.
 
     input_ids and mm_token_type_ids (1, L); with images also pixel_values (patches, C*T*P*P) and
     image_grid_thw (images, 3): what the processor gives, without its host-side image work.
     """
-    text = render_chat(processor, turns)
-    pad = processor.image_token
-    pieces = text.split(pad)
-    if len(pieces) != len(sizings) + 1:
-        raise VlassistError("the chat template placed a different number of images than were given")
+    ids = renderer.token_ids(turns, tools)
+    check_placeholders(ids, image_token_id, len(sizings))
     pixel_rows, grids = [], []
     for image, sizing in zip(conversation_images(turns), sizings):
         rows, grid = memo.get(image, sizing)
         pixel_rows.append(rows)
         grids.append(grid)
     # The processor's own expansion: each placeholder becomes one token per merged patch.
-    expanded = pieces[0] + "".join(pad * int(g.prod() // merge_size**2) + piece for g, piece in zip(grids, pieces[1:]))
-    inputs = processor.tokenizer([expanded], return_tensors="pt").to(device)
-    inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_token_id).long()
+    counts = iter([int(g.prod() // merge_size**2) for g in grids])
+    expanded = [t for i in ids for t in ([i] * next(counts) if i == image_token_id else [i])]
+    input_ids = torch.tensor([expanded], dtype=torch.long, device=device)
+    inputs = BatchFeature({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
+    inputs["mm_token_type_ids"] = (input_ids == image_token_id).long()
     if pixel_rows:
         inputs["pixel_values"] = torch.cat(pixel_rows)  # (patches, C*T*P*P), already on the device
         inputs["image_grid_thw"] = torch.cat(grids)  # (images, 3)

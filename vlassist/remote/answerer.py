@@ -135,18 +135,28 @@ class RemoteAnswerer:
         messages, sizings = [], []
         for turn in turns:
             if turn.role == "assistant":
-                messages.append({"role": "assistant", "content": turn.text})
+                message = {"role": "assistant", "content": turn.text}
+                if turn.tool_calls:
+                    message["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                        "name": c.name, "arguments": c.arguments}} for c in turn.tool_calls]
+                messages.append(message)
+                continue
+            if turn.role in ("system", "tool"):
+                messages.append({"role": turn.role, "content": turn.text,
+                                 **({"tool_call_id": turn.tool_call_id} if turn.role == "tool" else {})})
                 continue
             parts = []
-            for image in turn.images:
-                sizing = self.plan(image, options)
+            for part in turn.ordered_parts():
+                if isinstance(part, str):
+                    parts.append({"type": "text", "text": part})
+                    continue
+                sizing = self.plan(part, options)
                 sizings.append(sizing)
                 # Resized here, so the server's processor keeps the size: boxes map back exactly.
                 buf = io.BytesIO()
-                resize_for_model(image.image, sizing).save(buf, "PNG")
+                resize_for_model(part.image, sizing).save(buf, "PNG")
                 url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
                 parts.append({"type": "image_url", "image_url": {"url": url, "detail": detail}})
-            parts.append({"type": "text", "text": turn.text})
             messages.append({"role": "user", "content": parts})
         return messages, sizings
 
