@@ -293,7 +293,6 @@ def write_quantized(out: Path, model, weights: str) -> None:
     """Replace the checkpoint's weights and config in `out` by the `weights` form of `model`'s tensors."""
     import json
 
-    import torch
     from safetensors.torch import save_file
 
     quantize = {"awq": _awq, "fp8": _fp8, "w4a16": _w4a16}[weights]
