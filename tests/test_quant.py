@@ -10,6 +10,7 @@ loaded by the stock (unquantized) loader, so the engine's quantized layers, kern
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 from pathlib import Path
 
@@ -350,3 +351,38 @@ def test_tiny_awq_checkpoint_uses_transformers_4_names(awq_folder):
     with safe_open(str(awq_folder / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert "model.layers.0.self_attn.q_proj.qweight" in keys and any(k.startswith("visual.") for k in keys)
+
+
+def test_cli_quant_option_loads_int8_and_info_says_so(tiny_plain, tmp_path, monkeypatch, capsys):
+    """`vlassist info --quant int8` loads the 16-bit checkpoint as int8 and prints the weights line."""
+    from vlassist.__main__ import main
+
+    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
+    monkeypatch.setenv("VLASSIST_CACHE_DIR", str(tmp_path))
+    assert main(["info", "--model", str(tiny_plain["qwen2_5_vl"]), "--quant", "int8"]) == 0
+    assert "weights:    int8 — int8: quantized at load" in capsys.readouterr().out
+
+
+def test_quant_with_a_remote_backend_is_refused():
+    """Quantization asked of a remote server's model is refused rather than silently ignored."""
+    from vlassist.backends import load_answerer
+
+    settings = load_settings({"VLASSIST_BACKEND_URL": "http://127.0.0.1:9", "VLASSIST_QUANT": "int4"})
+    with pytest.raises(ConfigError, match="applies to a local model"):
+        load_answerer(settings)
+
+
+def test_switching_the_same_checkpoint_to_int4_reloads_it_quantized(tiny_plain, tmp_path):
+    """The page's Weights choice: switching the model in use to int4 loads the same folder quantized."""
+    from vlassist.service.models import ModelSlot, choice_of
+
+    slot = ModelSlot(_settings(tiny_plain["qwen2_5_vl"], tmp_path))
+    try:
+        assert slot.start_load() and slot.wait(120) and slot.current is not None
+        current = choice_of(slot.current)
+        assert current.quant == "none"
+        slot.switch(replace(current, quant="int4"))
+        assert slot.wait(120) and slot.current.info.weights_format == "int4"
+        assert choice_of(slot.current).quant == "int4"
+    finally:
+        slot.close()
