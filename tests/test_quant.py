@@ -10,8 +10,8 @@ loaded by the stock (unquantized) loader, so the engine's quantized layers, kern
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

@@ -17,7 +17,6 @@ from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job, Request
 from vlassist.service.limits import default_admission
 
-
 QUANT_HELP = ("quantize a 16-bit checkpoint's text model at load: int8 or int4 (weight-only; kept in "
               "VLASSIST_CACHE_DIR so the next start reads it), none for the checkpoint's own weights "
               "(default: VLASSIST_QUANT)")
