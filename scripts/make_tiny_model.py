@@ -17,6 +17,7 @@ The tiny layers are 64 wide, so groups and blocks are 32 (the real checkpoints u
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -245,7 +246,7 @@ def _awq(weight, group: int) -> dict:
     def pack(values):  # (rows, cols) → (rows, cols / 8)
         rows, cols = values.shape
         slots = values.to(torch.int64).reshape(rows, cols // 8, 8)[..., list(AWQ_ORDER)]
-        return _to_int32((slots << torch.arange(0, 32, 4)).sum(-1))
+        return _to_int32((slots << torch.arange(0, 32, 4, device=values.device)).sum(-1))
 
     return {"qweight": pack(q), "qzeros": pack(zeros), "scales": scales}
 
@@ -269,9 +270,9 @@ def _w4a16(weight, group: int) -> dict:
     w = weight.reshape(out_f, in_f // group, group)
     scale = (w.abs().amax(-1) / 7.5).clamp(min=1e-8).to(torch.bfloat16)
     q = torch.round(w / scale.float()[..., None]).clamp(-8, 7).reshape(out_f, in_f) + 8
-    words = (q.to(torch.int64).reshape(out_f, in_f // 8, 8) << torch.arange(0, 32, 4)).sum(-1)
+    words = (q.to(torch.int64).reshape(out_f, in_f // 8, 8) << torch.arange(0, 32, 4, device=q.device)).sum(-1)
     return {"weight_packed": _to_int32(words), "weight_scale": scale,
-            "weight_shape": torch.tensor([out_f, in_f], dtype=torch.int64)}
+            "weight_shape": torch.tensor([out_f, in_f], dtype=torch.int64, device=q.device)}
 
 
 QUANT_CONFIGS = {
@@ -287,6 +288,28 @@ QUANT_CONFIGS = {
                                                         "dynamic": False, "observer": "minmax"}}},
               "ignore": ["lm_head", "re:model.visual.*"]},
 }
+
+
+def quantized_tensors(name: str, tensor, weights: str, group: int) -> dict:
+    """The checkpoint tensors of one state-dict entry in `weights` form: itself, or a linear's quantized parts."""
+    if (weights != "plain" and ".layers." in name and name.endswith("_proj.weight") and tensor.dim() == 2
+            and not name.startswith(("visual.", "model.visual."))):
+        module = name[: -len(".weight")]
+        quantize = {"awq": _awq, "fp8": _fp8, "w4a16": _w4a16}[weights]
+        return {f"{module}.{part}": value.contiguous() for part, value in quantize(tensor.float(), group).items()}
+    return {name: tensor}
+
+
+def quant_config(weights: str, group: int) -> dict:
+    """config.json's quantization_config for `weights` with groups (and FP8 blocks) of `group`."""
+    config = json.loads(json.dumps(QUANT_CONFIGS[weights]))
+    if weights == "fp8":
+        config["weight_block_size"] = [group, group]
+    elif weights == "w4a16":
+        config["config_groups"]["group_0"]["weights"]["group_size"] = group
+    else:
+        config["group_size"] = group
+    return config
 
 
 def write_quantized(out: Path, model, weights: str) -> None:
