@@ -98,6 +98,9 @@ def dequantize_fp8_blocks(weight: torch.Tensor, scale_inv: torch.Tensor, block: 
                           dtype: torch.dtype) -> torch.Tensor:
     """e4m3 weight (out, in) times its per-block scale (⌈out/b0⌉, ⌈in/b1⌉) → a `dtype` weight (out, in)."""
     rows, cols = weight.shape
+    if rows % block[0] == 0 and cols % block[1] == 0:  # whole tiles: broadcast the scales, no expanded copy
+        tiles = weight.to(dtype).view(rows // block[0], block[0], cols // block[1], block[1])
+        return (tiles * scale_inv.to(dtype)[:, None, :, None]).view(rows, cols)
     scale = scale_inv.to(torch.float32).repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
     return (weight.to(torch.float32) * scale).to(dtype)
 
