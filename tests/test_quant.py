@@ -310,6 +310,15 @@ def test_awq_wrong_group_size_is_refused(awq_folder, tmp_path):
     assert "model.safetensors" in message and "group_size 64" in message
 
 
+def test_truncated_weight_file_is_refused_naming_it(awq_folder, tmp_path):
+    """A weight file cut short (an interrupted copy) is refused in one line naming the file."""
+    folder = _damaged(awq_folder, tmp_path / "t")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:1000])
+    message = _load_error(folder, tmp_path / "c")
+    assert "model.safetensors" in message and "not a readable safetensors file" in message
+
+
 def test_fp8_missing_scales_is_refused(tmp_path):
     """An FP8 weight without weight_scale_inv is refused naming the file and the missing tensor."""
     folder = _make_tiny_model().build(tmp_path / "fp8", "qwen3_vl", weights="fp8")

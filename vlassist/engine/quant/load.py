@@ -163,7 +163,8 @@ def load_quantized(folder: Path, fmt: WeightFormat, dtype: torch.dtype, device: 
         fmt.finish()
     if unused:
         log.warning("%d checkpoint tensors match nothing in the model, e.g. %s", len(unused), unused[0])
-    if getattr(model.config.get_text_config(), "tie_word_embeddings", False) or model.config.tie_word_embeddings:
+    if getattr(model.config.get_text_config(), "tie_word_embeddings", False) or getattr(
+            model.config, "tie_word_embeddings", False):
         model.tie_weights()
     left = [name for name, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if left:
