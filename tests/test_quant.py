@@ -319,6 +319,30 @@ def test_truncated_weight_file_is_refused_naming_it(awq_folder, tmp_path):
     assert "model.safetensors" in message and "not a readable safetensors file" in message
 
 
+def test_an_extra_tensor_on_a_quantized_layer_is_refused(awq_folder, tmp_path):
+    """A tensor the format does not have (e.g. GPTQ's act-order g_idx) on a quantized layer is refused, not ignored."""
+    folder = _damaged(awq_folder, tmp_path / "x")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["model.layers.0.mlp.down_proj.g_idx"] = torch.zeros(128, dtype=torch.int32)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    message = _load_error(folder, tmp_path / "c")
+    assert "model.safetensors" in message and "down_proj.g_idx" in message
+
+
+def test_batch_quant_option_quantizes_the_model(tiny_plain, tmp_path, monkeypatch, png_file):
+    """`vlassist batch --quant int8` answers every image with the int8 model (its weights kept in the cache)."""
+    from vlassist.__main__ import main
+
+    monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
+    monkeypatch.setenv("VLASSIST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VLASSIST_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "rows.jsonl"
+    assert main(["batch", str(png_file), "--out", str(out), "--prompt", "what is it", "--max-new-tokens", "4",
+                 "--model", str(tiny_plain["qwen2_5_vl"]), "--quant", "int8"]) == 0
+    assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["ok"]
+    assert list((tmp_path / "cache" / "quantized").glob("*-int8-*.safetensors"))
+
+
 def test_fp8_missing_scales_is_refused(tmp_path):
     """An FP8 weight without weight_scale_inv is refused naming the file and the missing tensor."""
     folder = _make_tiny_model().build(tmp_path / "fp8", "qwen3_vl", weights="fp8")

@@ -119,8 +119,12 @@ def load_quantized(folder: Path, fmt: WeightFormat, dtype: torch.dtype, device: 
             module, _, suffix = key.rpartition(".")
             name = rename(module + ".weight")
             layer = name[: -len(".weight")] if name else None
-            if layer in parts and (suffix in fmt.required or suffix in fmt.optional):
-                parts[layer][suffix] = key
+            if layer not in parts:
+                continue
+            if suffix not in fmt.required and suffix not in fmt.optional:  # e.g. act-order g_idx: not this scheme
+                raise CheckpointMismatch(f"{entries[key][0]}: {key} is not part of a {fmt.name} layer as vlassist "
+                                         f"loads it ({', '.join(fmt.required + fmt.optional)})")
+            parts[layer][suffix] = key
     for layer, found in parts.items():
         missing = [suffix for suffix in fmt.required if suffix not in found]
         if missing:

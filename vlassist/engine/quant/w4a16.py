@@ -70,6 +70,9 @@ def detect(quant: dict, where: str) -> W4A16 | None:
                           f"{'symmetric' if weights.get('symmetric') else 'asymmetric'} {strategy} with "
                           f"{'quantized' if acts else '16-bit'} activations is not supported; vlassist loads "
                           "W4A16 (4-bit symmetric group or channel weights, 16-bit activations)")
+    if weights.get("actorder") not in (None, False, "static"):
+        raise ConfigError(f"{where}: compressed-tensors actorder={weights.get('actorder')!r} (activation-order "
+                          "groups) is not supported; vlassist loads W4A16 with groups in input order")
     group = weights.get("group_size") if strategy == "group" else None
     if strategy == "group" and (not isinstance(group, int) or group < 32 or group % 32):
         raise ConfigError(f"{where}: compressed-tensors group_size={group!r} is not supported (a multiple of 32)")
