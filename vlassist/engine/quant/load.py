@@ -135,7 +135,7 @@ def load_quantized(folder: Path, fmt: WeightFormat, dtype: torch.dtype, device: 
     claimed = {key for found in parts.values() for key in found.values()}
     opened = {path: safe_open(str(path), framework="pt", device=device) for path in files}
     if fmt.on_load:
-        fmt.open_cache(device)
+        fmt.open_cache()
     total, done, unused = len(entries), 0, []
     with torch.no_grad():
         for layer, found in parts.items():

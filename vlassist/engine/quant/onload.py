@@ -72,14 +72,14 @@ class OnLoad(WeightFormat):
         """Of the model's linear layers (names), those quantized: the text model's decoder layers."""
         return {name for name in names if TEXT_LINEAR.search(name)}
 
-    def open_cache(self, device: str) -> None:
-        """Read the kept tensors if an earlier start left them."""
+    def open_cache(self) -> None:
+        """Read the kept tensors (into host memory) if an earlier start left them."""
         if self.cache_file is None or not self.cache_file.is_file():
             return
         from safetensors.torch import load_file
 
         try:
-            self.kept = load_file(str(self.cache_file), device=device)
+            self.kept = load_file(str(self.cache_file), device="cpu")  # moved to the device one layer at a time
             self.state = f"read from {self.cache_file}"
         except Exception as exc:  # noqa: BLE001 (safetensors has its own error types) damaged: quantize again
             log.warning("ignoring the damaged quantized-weights file %s: %s", self.cache_file, exc)
@@ -89,24 +89,24 @@ class OnLoad(WeightFormat):
         """The quantized layer, from kept integers when the cache has them, else quantized now."""
         n_in, n_out = target.linear.in_features, target.linear.out_features
         bias = take_bias(target, tensors)
-        name = target.name
+        name, device = target.name, tensors["weight"].device
         if self.bits == 8:
             if f"{name}.q" in self.kept:
-                q, scales = self.kept[f"{name}.q"], self.kept[f"{name}.scales"]
+                q, scales = self.kept.pop(f"{name}.q").to(device), self.kept.pop(f"{name}.scales").to(device)
             else:
                 expect_shape(target, "weight", tensors["weight"], (n_out, n_in), "the model config's layer size")
                 q, scales = int8_quantize(tensors["weight"])
-                self.made.update({f"{name}.q": q, f"{name}.scales": scales})
+                self.made.update({f"{name}.q": q.cpu(), f"{name}.scales": scales.cpu()})
             return Int8Linear(q, scales, bias, dtype)
         group = int4_group(n_in)
         if f"{name}.q" in self.kept:
-            packed, scales, zeros = (self.kept[f"{name}.{part}"] for part in ("q", "scales", "zeros"))
+            packed, scales, zeros = (self.kept.pop(f"{name}.{part}").to(device) for part in ("q", "scales", "zeros"))
             q = torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(n_out, n_in)
         else:
             expect_shape(target, "weight", tensors["weight"], (n_out, n_in), "the model config's layer size")
             q, scales, zeros = int4_quantize(tensors["weight"], group)
             packed = (q[:, ::2] << 4) | q[:, 1::2]  # two values a byte on disk
-            self.made.update({f"{name}.q": packed, f"{name}.scales": scales, f"{name}.zeros": zeros})
+            self.made.update({f"{name}.q": packed.cpu(), f"{name}.scales": scales.cpu(), f"{name}.zeros": zeros.cpu()})
         return Int4Linear.from_ints(q, scales, zeros, group, bias, dtype)
 
     def finish(self) -> None:
