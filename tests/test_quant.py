@@ -153,10 +153,11 @@ def test_logits_match_the_dequantized_float32_reference(pair):
     """Prompt logits agree with the reference to 1e-4 of their largest magnitude.
 
     Both models compute in float32 with the same dequantized weight values; they differ only in how the product
-    is formed (the int4 kernel applies scale and zero inside its tiles, int8 scales after the product, the
-    reference multiplies a dense matrix) and so in float32 rounding order: ~1e-6 relative per product, growing
-    to ~1e-5 through two layers. 1e-4 leaves a margin yet catches any wrong nibble, group or scale (those move
-    logits by whole percents).
+    is formed (the int4 kernel applies scale and zero inside its tiles, int8 scales after the product, FP8 on the
+    CPU is widened into a plain Linear, the reference multiplies a dense matrix), so only float32 rounding order
+    differs: 0 to ~1e-6 of the largest logit here. 1e-4 leaves room for other CPUs' kernels (vector width and
+    thread count change the summation order) yet catches any wrong nibble, group or scale: quantizing at all
+    moves this model's logits by ~3 % of the largest, a misread tensor by at least as much.
     """
     quantized, reference = pair
     assert quantized.info.weights_format != reference.info.weights_format == "fp32"
