@@ -378,7 +378,8 @@ def make_engine(args, env: dict, cuda: bool):
                          device="cuda" if cuda else "cpu", dtype="bfloat16", attn="sdpa", attn_reason="benchmark",
                          factor=28, min_pixels=56 * 56, load_s=time.perf_counter() - started,
                          parameters=sum(p.numel() for p in model.parameters()),
-                         versions={"torch": torch.__version__, "transformers": transformers.__version__})
+                         versions={"torch": torch.__version__, "transformers": transformers.__version__},
+                         weights_format="bf16")
         use_varlen(model)  # what the loader does for an SDPA model on CUDA
         info.fused = fuse_projections(model) if cuda and not args.no_fuse else ""
         engine = Engine(model, _processor(settings), info, settings)
@@ -445,7 +446,7 @@ def main(argv=None) -> int:
         "prefill_capture_s": getattr(engine.fast, "prefill_s", None), "load_s": info.load_s,
         "warmup_s": info.warmup_s, "ready_s": info.ready_s, "upgraded_s": info.upgraded_s,
         "upgrade_error": engine.upgrade.error if engine.upgrade else None, "answer_while_compiling": during,
-        "compile_cache": info.compile_cache, "fused": info.fused,
+        "compile_cache": info.compile_cache, "fused": info.fused, "weights_format": info.weights_format,
         "rows": rows,
         "peak_image": peak_name, "peak_answer_tokens": args.long_tokens,
     }

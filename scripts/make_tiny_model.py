@@ -4,11 +4,20 @@ The checkpoint uses the real transformers model classes and the real image proce
 tokenizer trained locally (with Qwen's special tokens at their usual roles) and the real chat template of
 its family's Instruct models.
 Its answers are gibberish; the code paths it exercises are the real ones.
+
+`--weights awq|fp8|w4a16` writes the same random weights with the text model's decoder-layer linears stored as
+the official quantized checkpoints store them (the vision tower and lm_head stay unquantized):
+- awq: AutoAWQ gemm packing (int32 `qweight`/`qzeros` in its interleaved nibble order, fp16 `scales`, 4 bits with
+  zero points), tensor names as transformers 4 saved them (`model.layers…`, `visual.…`) like Qwen's AWQ uploads;
+- fp8: e4m3 `weight` with float32 `weight_scale_inv` per block, `weight_block_size` in the config;
+- w4a16: compressed-tensors pack-quantized (int32 `weight_packed`, `weight_scale`, `weight_shape`), symmetric.
+The tiny layers are 64 wide, so groups and blocks are 32 (the real checkpoints use 128).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -212,8 +221,127 @@ def build_tokenizer(vocab_size: int):
     return fast
 
 
-def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
-    """Write a tiny random-weight checkpoint of `family` into `out_dir` and return the folder."""
+TINY_GROUP = 32  # AWQ / W4A16 group and FP8 block edge for 64-wide layers
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ's nibble order: bits 4k..4k+3 of a word hold column AWQ_ORDER[k]
+WEIGHTS = ("plain", "awq", "fp8", "w4a16")
+
+
+def _to_int32(words):
+    import torch
+
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def _awq(weight, group: int) -> dict:
+    """AutoAWQ gemm tensors for one (out, in) weight: asymmetric 4 bits per group of `group` inputs."""
+    import torch
+
+    out_f, in_f = weight.shape
+    w = weight.t().reshape(in_f // group, group, out_f)  # AWQ stores (in, out)
+    low, high = w.amin(1), w.amax(1)
+    scales = ((high - low) / 15).clamp(min=1e-8).half()  # (in / group, out), fp16 as AutoAWQ writes
+    zeros = torch.round(-low / scales.float()).clamp(0, 15)
+    q = (torch.round(w / scales.float()[:, None]) + zeros[:, None]).clamp(0, 15).reshape(in_f, out_f)
+
+    def pack(values):  # (rows, cols) → (rows, cols / 8)
+        rows, cols = values.shape
+        slots = values.to(torch.int64).reshape(rows, cols // 8, 8)[..., list(AWQ_ORDER)]
+        return _to_int32((slots << torch.arange(0, 32, 4, device=values.device)).sum(-1))
+
+    return {"qweight": pack(q), "qzeros": pack(zeros), "scales": scales}
+
+
+def _fp8(weight, block: int) -> dict:
+    """e4m3 weight and float32 weight_scale_inv, one per block × block tile."""
+    import torch
+
+    out_f, in_f = weight.shape
+    tiles = weight.reshape(out_f // block, block, in_f // block, block)
+    scale = (tiles.abs().amax(dim=(1, 3)) / 448).clamp(min=1e-12)  # e4m3's largest finite value is 448
+    q = (tiles / scale[:, None, :, None]).reshape(out_f, in_f).to(torch.float8_e4m3fn)
+    return {"weight": q, "weight_scale_inv": scale.float()}
+
+
+def _w4a16(weight, group: int) -> dict:
+    """compressed-tensors pack-quantized: symmetric 4 bits per group, stored +8, eight per int32 from bit 0."""
+    import torch
+
+    out_f, in_f = weight.shape
+    w = weight.reshape(out_f, in_f // group, group)
+    scale = (w.abs().amax(-1) / 7.5).clamp(min=1e-8).to(torch.bfloat16)
+    q = torch.round(w / scale.float()[..., None]).clamp(-8, 7).reshape(out_f, in_f) + 8
+    words = (q.to(torch.int64).reshape(out_f, in_f // 8, 8) << torch.arange(0, 32, 4, device=q.device)).sum(-1)
+    return {"weight_packed": _to_int32(words), "weight_scale": scale,
+            "weight_shape": torch.tensor([out_f, in_f], dtype=torch.int64, device=q.device)}
+
+
+QUANT_CONFIGS = {
+    "awq": {"quant_method": "awq", "version": "gemm", "bits": 4, "group_size": TINY_GROUP, "zero_point": True,
+            "modules_to_not_convert": ["visual"]},
+    "fp8": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+            "weight_block_size": [TINY_GROUP, TINY_GROUP], "modules_to_not_convert": ["lm_head", "visual"]},
+    "w4a16": {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+              "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None,
+                                            "output_activations": None,
+                                            "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                                                        "strategy": "group", "group_size": TINY_GROUP,
+                                                        "dynamic": False, "observer": "minmax"}}},
+              "ignore": ["lm_head", "re:model.visual.*"]},
+}
+
+
+def quantized_tensors(name: str, tensor, weights: str, group: int) -> dict:
+    """The checkpoint tensors of one state-dict entry in `weights` form: itself, or a linear's quantized parts."""
+    if (weights != "plain" and ".layers." in name and name.endswith("_proj.weight") and tensor.dim() == 2
+            and not name.startswith(("visual.", "model.visual."))):
+        module = name[: -len(".weight")]
+        quantize = {"awq": _awq, "fp8": _fp8, "w4a16": _w4a16}[weights]
+        return {f"{module}.{part}": value.contiguous() for part, value in quantize(tensor.float(), group).items()}
+    return {name: tensor}
+
+
+def quant_config(weights: str, group: int) -> dict:
+    """config.json's quantization_config for `weights` with groups (and FP8 blocks) of `group`."""
+    config = json.loads(json.dumps(QUANT_CONFIGS[weights]))
+    if weights == "fp8":
+        config["weight_block_size"] = [group, group]
+    elif weights == "w4a16":
+        config["config_groups"]["group_0"]["weights"]["group_size"] = group
+    else:
+        config["group_size"] = group
+    return config
+
+
+def write_quantized(out: Path, model, weights: str) -> None:
+    """Replace the checkpoint's weights and config in `out` by the `weights` form of `model`'s tensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    quantize = {"awq": _awq, "fp8": _fp8, "w4a16": _w4a16}[weights]
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().contiguous()
+        if weights == "awq":  # the names Qwen's AWQ uploads carry (saved by transformers 4)
+            name = name.replace("model.language_model.", "model.", 1).replace("model.visual.", "visual.", 1)
+        if (".layers." in name and name.endswith("_proj.weight") and tensor.dim() == 2
+                and not name.startswith(("visual.", "model.visual."))):
+            module = name[: -len(".weight")]
+            tensors.update({f"{module}.{part}": value.contiguous()
+                            for part, value in quantize(tensor.float(), TINY_GROUP).items()})
+        else:
+            tensors[name] = tensor
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config["quantization_config"] = QUANT_CONFIGS[weights]
+    (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0, weights: str = "plain") -> Path:
+    """Write a tiny random-weight checkpoint of `family` into `out_dir` and return the folder.
+
+    `weights` other than "plain" stores the same random weights in that quantized format (see the module doc).
+    """
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -272,6 +400,8 @@ def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Pat
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)
+    if weights != "plain":
+        write_quantized(out, model, weights)
     # The files a real checkpoint ships: image processor, tokenizer, chat template.
     image_processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -285,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", default="plain", choices=WEIGHTS,
+                    help="store the text model's linears quantized as awq, fp8 or w4a16 checkpoints do")
     args = ap.parse_args(argv)
-    out = build(args.out_dir, args.family, args.seed)
-    print(f"tiny {args.family} checkpoint written to {out}")
+    out = build(args.out_dir, args.family, args.seed, args.weights)
+    print(f"tiny {args.family} checkpoint ({args.weights} weights) written to {out}")
     return 0
 
 

@@ -49,7 +49,7 @@ def open_model_section(tab):
 
 def listed(tab, section) -> list[str]:
     """The models the section's list offers (its dropdown opened and closed again)."""
-    section.get_by_role("combobox").click()
+    section.get_by_role("combobox").first.click()  # the models list (the Weights choice is the second)
     options = tab.locator('[role="option"]')
     options.first.wait_for()
     names = [text.strip() for text in options.all_inner_texts()]
@@ -84,7 +84,7 @@ def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_
     section = open_model_section(tab)
     assert "qwen25" in section.locator("p", has_text="In use").inner_text()
     assert listed(tab, section) == ["qwen25 · qwen2_5_vl (in use)", "qwen3 · qwen3_vl"]
-    section.get_by_role("combobox").click()
+    section.get_by_role("combobox").first.click()
     tab.locator('[role="option"]', has_text="qwen3 ").click()
     set_length(tab, LONG)
     ask(tab, "Written by the first model")
@@ -110,6 +110,30 @@ def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_
     answer = messages[-1]
     assert answer.status == "complete" and answer.model_family == "qwen3_vl"
     assert answer.model.endswith("qwen3")
+    context.close()
+
+
+def test_weights_choice_reloads_the_model_in_use_as_int4(browser, models_server):
+    """Choosing int4 under Weights and pressing Load reloads the model in use quantized; In use says int4."""
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(180_000)
+    tab.goto(models_server[0])
+    tab.wait_for_selector(TEXTAREA)
+    section = open_model_section(tab)
+    in_use = section.locator("p", has_text="In use").inner_text()
+    assert "int4" not in in_use
+    load = section.get_by_role("button", name="Load")
+    assert load.is_disabled()  # the model in use, as stored: nothing to load
+    section.get_by_role("combobox").nth(1).click()
+    tab.locator('[role="option"]', has_text="int4 (quantized at load)").click()
+    load.click()
+    tab.locator(PROGRESS).wait_for()
+    tab.locator(PROGRESS).wait_for(state="detached")
+    tab.wait_for_selector(TEXTAREA)
+    section = open_model_section(tab)
+    after = section.locator("p", has_text="In use").inner_text()
+    assert "int4" in after and after.split(" · ")[0] == in_use.split(" · ")[0]  # the same checkpoint
     context.close()
 
 

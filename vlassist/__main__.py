@@ -10,12 +10,21 @@ from pathlib import Path
 
 from vlassist.batch.cli import FREE_BOXES_HELP
 from vlassist.batch.cli import add_parser as add_batch_parser
-from vlassist.config import load_settings
+from vlassist.config import QUANT, load_settings
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job, Request
 from vlassist.service.limits import default_admission
+
+QUANT_HELP = ("quantize a 16-bit checkpoint's text model at load: int8 or int4 (weight-only; kept in "
+              "VLASSIST_CACHE_DIR so the next start reads it), none for the checkpoint's own weights "
+              "(default: VLASSIST_QUANT)")
+
+
+def _with_quant(settings, args):
+    """Settings with --quant applied, if given."""
+    return settings.with_(quant=args.quant) if getattr(args, "quant", None) else settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ask questions about images; the answer streams to stdout")
     ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     ask.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
+    ask.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
     ask.add_argument("--prompt", "-p", action="append",
                      help="a question; repeat for follow-up questions in the same conversation; "
                           "'-' reads one from standard input (for long texts)")
@@ -49,10 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json-stats", action="store_true", help="print each answer's stats as a JSON line on stderr")
     info = sub.add_parser("info", help="load the model and print family, device, attention and memory")
     info.add_argument("--model", type=Path)
+    info.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
     serve = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", type=Path)
+    serve.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
     add_batch_parser(sub, defaults)
     return ap
 
@@ -107,6 +119,7 @@ def cmd_ask(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    settings = _with_quant(settings, args)
     options = _options(args, settings)
     schema_text = _schema_text(args)
     from vlassist.service.limits import check_question
@@ -192,6 +205,7 @@ def cmd_info(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    settings = _with_quant(settings, args)
     from vlassist.backends import load_answerer
 
     engine = load_answerer(settings)
@@ -217,6 +231,8 @@ def cmd_info(args) -> int:
         print(f"cache:      {info.compile_cache}")
     if getattr(info, "fused", ""):
         print(f"fused:      {info.fused}")
+    if getattr(info, "weights_format", ""):
+        print(f"weights:    {info.weights_format}" + (f" — {info.quant}" if getattr(info, "quant", "") else ""))
     print("memory:     " + ", ".join(f"{k} {v:.2f} GiB" for k, v in engine.memory().items()))
     print("versions:   " + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
     return 0
@@ -227,6 +243,7 @@ def cmd_serve(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    settings = _with_quant(settings, args)
     from vlassist.api.server import serve
 
     return serve(settings, args.host, args.port)
@@ -239,6 +256,7 @@ def cmd_batch(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    settings = _with_quant(settings, args)
     schema_text = _schema_text(args)
     return run_batch(args, settings, _options(args, settings), schema_text,
                      lambda family: _prompts(args, family, schema_text)[0])

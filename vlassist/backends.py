@@ -7,6 +7,7 @@ from collections.abc import Callable
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
+from vlassist.errors import ConfigError
 
 
 def load_answerer(settings: Settings, progress: Callable[[str, float, str], None] | None = None) -> Answerer:
@@ -15,6 +16,9 @@ def load_answerer(settings: Settings, progress: Callable[[str, float, str], None
     `progress(stage, fraction, detail)`, if given, hears each stage of the load (vlassist/engine/loader.py).
     """
     if settings.backend_url:
+        if settings.quant != "none":
+            raise ConfigError(f"quantization {settings.quant} applies to a local model; the server at "
+                              f"{settings.backend_url} answers with its own weights: unset VLASSIST_QUANT/--quant")
         from vlassist.remote import RemoteAnswerer
 
         if progress is not None:

@@ -14,6 +14,7 @@ from vlassist.families import FAMILIES
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 COMPILE = ("auto", "compile", "graph", "static", "off")
+QUANT = ("none", "int8", "int4")  # weight-only quantization at load of a 16-bit checkpoint
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
 DEFAULT_IMAGE_TOKENS = GenerationOptions().max_image_tokens  # one default, kept in GenerationOptions
 
@@ -46,6 +47,7 @@ class Settings:
     models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
     metrics: bool = True  # `vlassist serve` answers GET /metrics (Prometheus text), behind the API key if one is set
+    quant: str = "none"  # int8 | int4: quantize a 16-bit checkpoint's text model at load (kept in cache_root)
 
     @property
     def models_root(self) -> Path:
@@ -119,4 +121,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
         metrics=_choice(env, "VLASSIST_METRICS", ("1", "0", "on", "off", "true", "false"), "1") in ("1", "on", "true"),
+        quant=_choice(env, "VLASSIST_QUANT", QUANT, "none"),
     )

@@ -300,7 +300,8 @@ class _Answer:
     def _deltas(self, content: str, calls: list, logprobs: ChoiceLogprobs | None = None) -> str:
         """The events for split answer text: its content (with the logprobs of its tokens), then each completed
         call whole."""
-        events = self._chunk(Delta(content=content), logprobs=logprobs) if content or (logprobs is not None and logprobs.content) else ""
+        tokens = logprobs is not None and bool(logprobs.content)
+        events = self._chunk(Delta(content=content), logprobs=logprobs) if content or tokens else ""
         for call in calls:
             index = self.tools.calls.index(call)
             events += self._chunk(Delta(tool_calls=[ToolCallDelta(index=index, id=call.id,

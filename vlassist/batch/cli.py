@@ -30,6 +30,8 @@ def add_parser(sub, defaults: GenerationOptions) -> None:
     p.add_argument("--out", "-o", type=Path, required=True, help="results.jsonl, or results.csv (with a "
                                                                   "results.csv.jsonl log beside it)")
     p.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
+    p.add_argument("--quant", choices=("none", "int8", "int4"),
+                   help="quantize a 16-bit checkpoint's text model at load: int8 or int4 (default: VLASSIST_QUANT)")
     p.add_argument("--preset", choices=BATCH_PRESETS, help="the task for every image")
     p.add_argument("--prompt", "-p", action="append", help="the question for every image (instead of a preset's)")
     p.add_argument("--target", default="object", help="what the grounding preset looks for")

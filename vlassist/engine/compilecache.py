@@ -66,6 +66,7 @@ def key_parts(model) -> dict[str, str]:
         "torch": torch.__version__, "transformers": transformers.__version__, "triton": _triton_version(),
         "python": platform.python_version(), "device": gpu, "dtype": str(model.dtype),
         "config": hashlib.sha256(config_text.encode()).hexdigest()[:16],
+        "layers": ",".join(sorted({type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__})),
     }
 
 

@@ -145,6 +145,7 @@ class Engine:
                     "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
                     "device_used_gb": (total - free) / 2**30, "device_total_gb": total / 2**30}
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weights += sum(b.numel() * b.element_size() for b in self.model.buffers())  # quantized layers' weights
         return {"weights_gb": weights / 2**30}
 
     def encode(self, turns: Sequence[Turn], options: GenerationOptions):

@@ -19,8 +19,9 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTo
 from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
-from vlassist.engine import attention
+from vlassist.engine import attention, quant
 from vlassist.engine.fuse import fuse_projections
+from vlassist.engine.quant.load import load_quantized, tensor_files
 from vlassist.engine.vision_attention import use_varlen
 from vlassist.errors import ConfigError
 from vlassist.families import Family
@@ -119,6 +120,8 @@ class ModelInfo:
     upgraded_s: float = 0.0  # process start to the compiled decode step serving (built in the background)
     compile_cache: str = ""  # where compiled kernels are kept across restarts, and whether any were found
     fused: str = ""  # which projections were fused into one product each at load (CUDA only)
+    weights_format: str = ""  # bf16 | fp16 | fp32 | awq | fp8 | w4a16 | int8 | int4 (vlassist.engine.quant)
+    quant: str = ""  # the quantized format in words (kernel, groups, where on-load weights are kept)
     versions: dict = field(default_factory=dict)
 
 
@@ -185,16 +188,26 @@ def _chat_template(folder: Path, tokenizer, model_type: str = "qwen2_5_vl") -> s
 
 
 def load_model(folder: Path, dtype, device: str, candidates: list[tuple[str, str]],
-               progress: Progress | None = None):
+               progress: Progress | None = None, fmt: quant.WeightFormat | None = None):
     """Load the weights with the first attention implementation that works: (model, attn, reason).
 
     transformers does not fall back from flash_attention_2 by itself, so a failure there is caught here
     and the next candidate (SDPA) is used, with the failure given as the reason. `progress` hears the
-    weights being read, through transformers' own per-tensor progress bar.
+    weights being read, through transformers' own per-tensor progress bar. A quantized `fmt` is loaded by
+    vlassist.engine.quant.load, tensor by tensor, with the format's layers in place of the linears.
     """
     failure = ""
     for attn, reason in candidates:
         try:
+            if fmt is not None:
+                def read(share: float) -> None:
+                    _report(progress, "weights", WEIGHTS_FROM + share * (WEIGHTS_TO - WEIGHTS_FROM),
+                            f"Reading {fmt.name} weights: {share:.0%}")
+
+                model = load_quantized(folder, fmt, dtype, device, attn, read)
+                if attn == "sdpa":
+                    attention.install(model)
+                return model, attn, (f"{failure}; using PyTorch SDPA" if failure else reason)
             with _hook_lock:
                 previous = None
                 if progress is not None:
@@ -242,8 +255,10 @@ def load(settings: Settings, progress: Progress | None = None):
     template = _chat_template(folder, tokenizer, family.model_type)
     processor = _image_only_processor(family.model_type, image_processor, tokenizer, template)
 
+    fmt = quant.choose(folder, settings.quant, device, settings.cache_root, tensor_files(folder))
     _report(progress, "weights", WEIGHTS_FROM, "Reading weights")
-    model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device), progress)
+    model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device), progress,
+                                     fmt)
     where = "GPU" if device == "cuda" else "CPU"
     _report(progress, "device", WEIGHTS_TO, f"Moving the model to the {where} and preparing it")
     model.eval()
@@ -256,7 +271,8 @@ def load(settings: Settings, progress: Progress | None = None):
     info = ModelInfo(
         model_dir=str(folder), family=family.model_type, device=device, dtype=str(dtype).replace("torch.", ""),
         attn=attn, attn_reason=reason, factor=family.factor, min_pixels=min_pixels,
-        load_s=time.perf_counter() - started, parameters=sum(p.numel() for p in model.parameters()),
+        load_s=time.perf_counter() - started, parameters=quant.count_parameters(model),
         versions={"torch": torch.__version__, "transformers": transformers.__version__}, fused=fused,
+        weights_format=fmt.name if fmt else quant.DTYPE_FORMATS[dtype], quant=fmt.describe() if fmt else "",
     )
     return model, processor, family, info

@@ -41,6 +41,7 @@ class ModelChoice:
     target: str
     family: str | None
     remote: bool = False
+    quant: str = "none"  # int8 | int4: a 16-bit checkpoint quantized at load (the page's Weights choice)
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,15 @@ def choice_of(answerer: Answerer) -> ModelChoice:
     info = answerer.info
     remote = getattr(info, "server", None) is not None
     name = info.model_dir if remote else Path(info.model_dir).name
-    return ModelChoice(name, info.model_dir, info.family, remote)
+    quant = getattr(info, "weights_format", "")
+    return ModelChoice(name, info.model_dir, info.family, remote, quant if quant in ("int8", "int4") else "none")
 
 
 def same_model(a: ModelChoice, b: ModelChoice) -> bool:
     """Whether two choices name the same model (the same folder, however its path is written, or server id)."""
     if a.remote or b.remote:
         return a.remote == b.remote and a.target == b.target
-    return Path(a.target).resolve() == Path(b.target).resolve()
+    return Path(a.target).resolve() == Path(b.target).resolve() and a.quant == b.quant
 
 
 def may_switch(settings: Settings, owner: str) -> bool:
@@ -240,7 +242,7 @@ class ModelSlot:
     def _settings_for(self, choice: ModelChoice) -> Settings:
         if choice.remote:
             return self.settings.with_(backend_model=choice.target, backend_family=choice.family)
-        return self.settings.with_(model_dir=Path(choice.target))
+        return self.settings.with_(model_dir=Path(choice.target), quant=choice.quant)
 
     def _switch(self, choice: ModelChoice, cancelled: int) -> None:
         service, old = self._service, self._answerer

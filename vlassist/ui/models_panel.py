@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -24,6 +25,9 @@ from vlassist.service.models import (
 POLL_S = 0.25  # how often a waiting page looks at the load's progress
 LISTING_TTL_S = 15  # the models folder and the server's model list are looked at again after this long
 PICK_KEY, ERROR_KEY = "model_pick", "model_switch_error"
+QUANT_KEY = "model_quant"
+QUANT_LABELS = {"none": "As stored in the checkpoint", "int8": "int8 (quantized at load)",
+                "int4": "int4 (quantized at load)"}
 STAGES = {
     "start": "Starting PyTorch and transformers",
     "read": "Reading the checkpoint",
@@ -124,7 +128,7 @@ def choices_for(answerer, settings: Settings) -> list[ModelChoice]:
         found = _server_models(answerer.info.server, answerer, settings)
     else:
         found = _checkpoints(str(settings.models_root.resolve()))
-    return [current] + [choice for choice in found if not same_model(choice, current)]
+    return [current] + [choice for choice in found if not same_model(replace(choice, quant=current.quant), current)]
 
 
 def _label(choice: ModelChoice, current: ModelChoice) -> str:
@@ -137,6 +141,7 @@ def _load(slot: ModelSlot, choices: list[ModelChoice], settings: Settings, owner
     chosen = next((choice for choice in choices if choice.target == target), None)
     if chosen is None:
         return
+    chosen = replace(chosen, quant=st.session_state.get(QUANT_KEY, "none"))
     try:
         slot.switch(chosen, by=session_id(), who=owner if settings.user_header else None)
     except VlassistError as exc:
@@ -155,7 +160,8 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
     choices = choices_for(answerer, settings)
     with st.expander("Model", icon=":material/memory:"):
         where = "on the server" if current.remote else f"in `{settings.models_root}`"
-        st.markdown(f"**In use** `{current.name}`" + (f" · {current.family}" if current.family else ""))
+        st.markdown(f"**In use** `{current.name}`" + (f" · {current.family}" if current.family else "")
+                    + (f" · {answerer.info.weights_format}" if getattr(answerer.info, "weights_format", "") else ""))
         if not may_switch(settings, owner):
             st.markdown("\n".join(f"- {_label(choice, current)}" for choice in choices))
             why = ("only the administrators named in VLASSIST_ADMIN_USERS" if settings.admin_users
@@ -168,9 +174,18 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
             st.session_state[PICK_KEY] = current.target
         labels = {choice.target: _label(choice, current) for choice in choices}
         picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY)
+        quant = current.quant
+        if not current.remote:
+            if st.session_state.get(QUANT_KEY) not in QUANT_LABELS:
+                st.session_state[QUANT_KEY] = current.quant
+            quant = st.selectbox("Weights", list(QUANT_LABELS), format_func=QUANT_LABELS.get, key=QUANT_KEY,
+                                 help="Quantize a 16-bit checkpoint's text model at load: int8 halves and int4 "
+                                      "quarters the memory its weights take. Kept on disk, so the next load is "
+                                      "quick. AWQ, FP8 and W4A16 checkpoints are loaded as stored.")
         busy = slot.state.busy
         st.button("Load", key="model_load", icon=":material/swap_horiz:", on_click=_load,
-                  args=(slot, choices, settings, owner), disabled=busy or picked == current.target,
+                  args=(slot, choices, settings, owner),
+                  disabled=busy or (picked == current.target and quant == current.quant),
                   help="Unload the model in use and load this one, for every session of this server")
         error = st.session_state.pop(ERROR_KEY, None)
         if error:

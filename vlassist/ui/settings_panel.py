@@ -53,10 +53,12 @@ def render_model_status(engine, service=None) -> None:
                         f"**Family** {info.family}  \n**Latency** {info.latency_s * 1000:.0f} ms when connecting")
             _render_queue(engine, service)
             return
+        quant = f" — {info.quant}" if getattr(info, "quant", "") else ""
         st.markdown(
             f"**Model** `{Path(info.model_dir).name}`  \n"
             f"**Family** {info.family}  \n"
             f"**Device** {info.device} · {info.dtype}  \n"
+            f"**Weights** {getattr(info, 'weights_format', '') or info.dtype}{quant}  \n"
             f"**Attention** {info.attn} — {info.attn_reason}")
         memory = engine.memory()
         if "device_used_gb" in memory:
