@@ -45,6 +45,13 @@ class Settings:
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
     models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
+    max_request_megapixels: float = 200.0  # decoded pixels one request's images may take (refused from headers)
+    max_decode_megapixels: float = 400.0  # decoded pixels held at once by all requests being decoded
+    max_body_mb: float = 50.0  # the API refuses a larger request body with 413
+    max_connections: int = 500  # the API's concurrent connections (fewer if the descriptor limit is lower)
+    header_timeout_s: float = 10.0  # the API closes a connection that sends no complete request header in time
+    keepalive_s: float = 5.0  # the API closes an idle keep-alive connection after this long
+    max_header_kb: int = 64  # the API refuses a larger request header with 431
 
     @property
     def models_root(self) -> Path:
@@ -117,4 +124,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_family=backend_family,
         models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
+        max_request_megapixels=_number(env, "VLASSIST_MAX_REQUEST_MEGAPIXELS", float, 200.0, 1, 100_000),
+        max_decode_megapixels=_number(env, "VLASSIST_MAX_DECODE_MEGAPIXELS", float, 400.0, 1, 100_000),
+        max_body_mb=_number(env, "VLASSIST_MAX_BODY_MB", float, 50.0, 0.01, 100_000),
+        max_connections=_number(env, "VLASSIST_MAX_CONNECTIONS", int, 500, 8, 1_000_000),
+        header_timeout_s=_number(env, "VLASSIST_HEADER_TIMEOUT_S", float, 10.0, 0.1, 3600),
+        keepalive_s=_number(env, "VLASSIST_KEEPALIVE_S", float, 5.0, 0.1, 3600),
+        max_header_kb=_number(env, "VLASSIST_MAX_HEADER_KB", int, 64, 1, 65536),
     )
