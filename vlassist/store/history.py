@@ -11,8 +11,10 @@ from sqlalchemy import Engine, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlassist.conversation import GenerationOptions, Stats
+from vlassist.errors import StorageError
 from vlassist.images import Sizing
 from vlassist.store.faults import FAULTS, LOCK_RETRIES, backoff, guarded, is_busy, is_read_only, storage_error
+from vlassist.store.integrity import Unfit, check_history_file
 from vlassist.store.records import (
     FINAL_STATUSES,
     STATUSES,
@@ -79,6 +81,9 @@ class History:
         Any other storage fault raises StorageError naming the folder.
         """
         folder = Path(data_dir)
+        unfit = check_history_file(folder / DB_NAME, SCHEMA_VERSION)
+        if unfit is not None:  # damaged, another program's, or newer: never written
+            return cls._open_unfit(folder, unfit)
         for attempt in range(LOCK_RETRIES + 1):
             engine = None
             try:
@@ -98,6 +103,24 @@ class History:
                 history.read_only_reason = str(storage_error(exc, folder))
                 return history
         raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_unfit(cls, folder: Path, unfit: Unfit) -> History:
+        """Read-only, over what can still be read of the file (or an empty history), saying why and what to do."""
+        history = None
+        if unfit.readable:
+            try:
+                history = cls._open_read_only(folder)
+                with history.engine.connect() as conn:  # the pages a listing needs must be readable too
+                    conn.exec_driver_sql("SELECT count(*), max(updated_at) FROM conversations").all()
+            except (StorageError, *FAULTS):
+                if history is not None:
+                    history.engine.dispose()
+                history = None
+        if history is None:
+            history = cls(empty_engine(), folder, read_only=True)
+        history.read_only_reason = str(unfit)
+        return history
 
     @classmethod
     def _open_read_only(cls, folder: Path) -> History:
