@@ -33,8 +33,8 @@ def start_serve(checkpoint: Path, log_path: Path, prefix: tuple[str, ...] = (), 
     env.update({"VLASSIST_MODEL_DIR": str(checkpoint), "VLASSIST_DEVICE": "cpu", "VLASSIST_STREAM_TIMEOUT_S": "60",
                 **env_extra})
     log = open(log_path, "wb")
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "vlassist", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "vlassist", "serve", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -35,8 +35,8 @@ def _damaged(path: Path, detail: str, readable: bool = False) -> Unfit:
 def check_history_file(path: Path, schema_version: int) -> Unfit | None:
     """None if `path` is absent or a healthy vlassist history this version can write; else why not."""
     path = Path(path)
-    if not path.exists():
-        return None
+    if not path.is_file():
+        return None  # absent (a new history), or something opening it reports clearly
     size = path.stat().st_size
     if size == 0:
         # SQLite would silently make this a new database: a history that was lost must not look empty and fine.
@@ -56,21 +56,22 @@ def check_history_file(path: Path, schema_version: int) -> Unfit | None:
             return Unfit(path, f"has a damaged write-ahead log ({wal.name} is not a SQLite log)",
                          f"To recover: stop vlassist, move {wal} aside (the answers written since the last "
                          "checkpoint are in it and lost otherwise), then start vlassist again.", True)
-    try:
-        # Read-only: checking must not create a -wal, take a write lock or repair anything.
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as exc:
-        return _damaged(path, str(exc))
-    try:
-        result = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-        if result != ["ok"]:
-            return _damaged(path, "; ".join(result)[:300], readable=True)
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        return _damaged(path, str(exc))
-    finally:
-        conn.close()
+    found = None
+    # Read-only: checking must not take a write lock or repair anything. A read-only folder cannot hold the WAL
+    # index a plain read needs, so there it is read as immutable (nobody can be writing it).
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?mode=ro&immutable=1"):
+        try:
+            found = _inspect(uri)
+            break
+        except sqlite3.OperationalError:  # could not open or lock it: not a sign of damage
+            continue
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            return _damaged(path, str(exc))
+    if found is None:
+        return None  # unreadable for other reasons (permissions): opening it reports that
+    result, tables, version = found
+    if result != ["ok"]:
+        return _damaged(path, "; ".join(result)[:300], readable=True)
     if tables and not tables & OUR_TABLES:
         return Unfit(path, "is not a vlassist history (another program's SQLite database)",
                      f"Move it out of {path.parent}, or set VLASSIST_DATA_DIR to a folder of vlassist's own.", False)
@@ -79,3 +80,14 @@ def check_history_file(path: Path, schema_version: int) -> Unfit | None:
                            f"{schema_version})", "Run the newer vlassist, or upgrade this one; the history is shown "
                      "read-only meanwhile.", True)
     return None
+
+
+def _inspect(uri: str) -> tuple[list[str], set[str], int]:
+    """quick_check's findings, the table names and user_version of a database opened read-only by `uri`."""
+    conn = sqlite3.connect(uri, uri=True, timeout=10)
+    try:
+        result = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return result, tables, conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
