@@ -10,6 +10,7 @@ import socket
 import openai
 import pytest
 from api_support import API_KEY, image_message, start_serve, stop_serve
+from conftest import ROOT
 from PIL import Image
 
 pytestmark = pytest.mark.enable_socket
@@ -192,3 +193,18 @@ def test_eleven_hundred_idle_sockets_do_not_lock_out_a_client(server, client):
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_the_trailing_slash_redirect_does_not_reflect_the_host_header(server):
+    """GET /health/ with a forged Host is redirected to the path /health, not to http://that-host/health."""
+    reply, _ = _refused_while_sending(server[1], b"GET /health/ HTTP/1.1\r\nHost: evil.example\r\n"
+                                                 b"Connection: close\r\n\r\n", [])
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 30") and b"\r\nlocation: /health\r\n" in head + b"\r\n"
+    assert b"evil" not in head
+
+
+def test_the_service_unit_raises_the_descriptor_limit():
+    """The systemd unit gives the server far more than the usual 1,024 descriptors."""
+    unit = (ROOT / "deploy" / "vlassist.service").read_text()
+    assert int(unit.split("LimitNOFILE=", 1)[1].split()[0]) >= 65536

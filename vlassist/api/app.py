@@ -27,7 +27,7 @@ from vlassist.service.limits import LimitError
 from . import convert
 from .convert import ApiError
 from .imagebudget import check_images, image_parts
-from .limits import BodyLimit
+from .limits import BodyLimit, RelativeRedirects
 from .models import (
     AssistantMessage,
     ChatCompletion,
@@ -103,6 +103,7 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
 
     if settings.max_body_mb:
         app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024))
+    app.add_middleware(RelativeRedirects)  # the trailing-slash redirect must not echo the Host header
 
     @app.get("/health")
     async def health() -> dict:
