@@ -11,10 +11,9 @@ from sqlalchemy import Engine, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from vlassist.conversation import GenerationOptions, Stats
-from vlassist.errors import StorageError
 from vlassist.images import Sizing
 from vlassist.store.faults import FAULTS, LOCK_RETRIES, backoff, guarded, is_busy, is_read_only, storage_error
-from vlassist.store.integrity import Unfit, check_history_file
+from vlassist.store.integrity import Unfit, check_history_file, lists
 from vlassist.store.records import (
     FINAL_STATUSES,
     STATUSES,
@@ -81,9 +80,8 @@ class History:
         Any other storage fault raises StorageError naming the folder.
         """
         folder = Path(data_dir)
-        unfit = check_history_file(folder / DB_NAME, SCHEMA_VERSION)
-        if unfit is not None:  # damaged, another program's, or newer: never written
-            return cls._open_unfit(folder, unfit)
+        if (unfit := check_history_file(folder / DB_NAME, SCHEMA_VERSION)) is not None:
+            return cls._open_unfit(folder, unfit)  # damaged, another program's, or newer: never written
         for attempt in range(LOCK_RETRIES + 1):
             engine = None
             try:
@@ -106,19 +104,9 @@ class History:
 
     @classmethod
     def _open_unfit(cls, folder: Path, unfit: Unfit) -> History:
-        """Read-only, over what can still be read of the file (or an empty history), saying why and what to do."""
-        history = None
-        if unfit.readable:
-            try:
-                history = cls._open_read_only(folder)
-                with history.engine.connect() as conn:  # the pages a listing needs must be readable too
-                    conn.exec_driver_sql("SELECT count(*), max(updated_at) FROM conversations").all()
-            except (StorageError, *FAULTS):
-                if history is not None:
-                    history.engine.dispose()
-                history = None
-        if history is None:
-            history = cls(empty_engine(), folder, read_only=True)
+        """Read-only over what can still be read of the file (else an empty history), saying why and what to do."""
+        readable = unfit.readable and lists(folder / DB_NAME)  # else even its conversation list is lost
+        history = cls._open_read_only(folder) if readable else cls(empty_engine(), folder, read_only=True)
         history.read_only_reason = str(unfit)
         return history
 

@@ -91,3 +91,18 @@ def _inspect(uri: str) -> tuple[list[str], set[str], int]:
         return result, tables, conn.execute("PRAGMA user_version").fetchone()[0]
     finally:
         conn.close()
+
+
+def lists(path: Path) -> bool:
+    """True if the conversation list of a (damaged) history can still be read, read-only."""
+    for uri in (f"file:{path}?mode=ro", f"file:{path}?mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=10)
+            try:
+                conn.execute("SELECT count(*), max(updated_at), max(length(title)) FROM conversations").fetchall()
+                return True
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue
+    return False

@@ -27,11 +27,37 @@ def keep_local() -> None:
     net_util.get_external_ip = _no_address
 
 
+# The policy deploy/nginx.conf sends: nothing the page shows (an answer's Markdown image, a title) can load from,
+# post to, or frame another host. Sent by the app itself too, so the direct port is as safe as the proxied one.
+PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; media-src 'self' blob:; "
+            "worker-src 'self' blob:; frame-src 'self'; frame-ancestors 'self'; base-uri 'self'; form-action 'self'; "
+            "object-src 'none'")
+
+
+def send_csp() -> None:
+    """Make every response of Streamlit's web server carry PAGE_CSP."""
+    from tornado.web import RequestHandler
+
+    original = RequestHandler.clear
+    if getattr(original, "vlassist_csp", False):
+        return
+
+    def clear(self) -> None:
+        # clear() sets each response's default headers (handlers' own set_default_headers included): add ours last.
+        original(self)
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+
+    clear.vlassist_csp = True
+    RequestHandler.clear = clear
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run `streamlit run qwen_vl_app.py` with the given extra options, lookups disabled."""
+    """Run `streamlit run qwen_vl_app.py` with the given extra options, lookups disabled and the CSP sent."""
     from streamlit.web import cli
 
     keep_local()
+    send_csp()
     return cli.main(["run", str(APP), *(sys.argv[1:] if argv is None else argv)], prog_name="streamlit")
 
 
