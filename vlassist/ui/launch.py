@@ -35,21 +35,40 @@ PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 's
             "object-src 'none'")
 
 
-def send_csp() -> None:
-    """Make every response of Streamlit's web server carry PAGE_CSP."""
-    from tornado.web import RequestHandler
+class PageCSP:
+    """ASGI middleware adding PAGE_CSP to every HTTP response of the page's server."""
 
-    original = RequestHandler.clear
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_csp(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
+                message = {**message, "headers": [*headers, (b"content-security-policy", PAGE_CSP.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, with_csp)
+
+
+def send_csp() -> None:
+    """Make Streamlit's web server (Starlette) send PAGE_CSP with every response."""
+    from starlette.middleware import Middleware
+    from streamlit.web.server.starlette import starlette_app
+
+    original = starlette_app.create_streamlit_middleware
     if getattr(original, "vlassist_csp", False):
         return
 
-    def clear(self) -> None:
-        # clear() sets each response's default headers (handlers' own set_default_headers included): add ours last.
-        original(self)
-        self.set_header("Content-Security-Policy", PAGE_CSP)
+    def create_streamlit_middleware():
+        # Outermost but one: whatever Streamlit's own middleware answers (blocked paths too) carries the policy.
+        return [Middleware(PageCSP), *original()]
 
-    clear.vlassist_csp = True
-    RequestHandler.clear = clear
+    create_streamlit_middleware.vlassist_csp = True
+    starlette_app.create_streamlit_middleware = create_streamlit_middleware
 
 
 def main(argv: list[str] | None = None) -> int:
