@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import os
 import threading
@@ -39,7 +40,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def leak_server():
     """A loopback HTTP server on another port that records what is asked of it: its port."""
     port = free_port()
@@ -51,10 +52,12 @@ def leak_server():
     server.server_close()
 
 
-def test_an_answer_with_an_outside_image_makes_no_request(browser, tiny_qwen25, tmp_path, leak_server):
-    """A stored answer and title with `![x](http://127.0.0.1:PORT/leak?secret)` are shown; the server sees nothing."""
+@pytest.fixture(scope="module")
+def page_server(tiny_qwen25, tmp_path_factory, leak_server):
+    """The page on its own port over a history whose answer and title hold images of the leak server: its URL."""
+    data_dir = tmp_path_factory.mktemp("offline-page")
     leak = f"http://127.0.0.1:{leak_server}/leak"
-    history = History.open(tmp_path)
+    history = History.open(data_dir)
     store = history.for_owner("local")
     cid = store.create_conversation("Leak check")
     data = image_bytes()
@@ -62,12 +65,18 @@ def test_an_answer_with_an_outside_image_makes_no_request(browser, tiny_qwen25, 
     store.add_assistant_message(cid, f"It says ![x]({leak}?secret) and ![y]({leak}?more)", "complete")
     store.rename(cid, f"Leak check ![t]({leak}?title)")
     history.close()
-    proc, url, log = serve(tiny_qwen25, tmp_path)
+    proc, url, log = serve(tiny_qwen25, data_dir)
+    yield url
+    stop(proc, log)
+
+
+def test_an_answer_with_an_outside_image_makes_no_request(browser, page_server):
+    """A stored answer and title with `![x](http://127.0.0.1:PORT/leak?secret)` are shown; the server sees nothing."""
     context = browser.new_context()
     try:
         tab = context.new_page()
         tab.set_default_timeout(120_000)
-        response = tab.goto(url)
+        response = tab.goto(page_server)
         assert response.headers.get("content-security-policy") == PAGE_CSP
         tab.wait_for_selector(TEXTAREA)
         tab.locator('[data-testid="stSidebar"] button', has_text="Leak check").first.click()
@@ -76,7 +85,17 @@ def test_an_answer_with_an_outside_image_makes_no_request(browser, tiny_qwen25, 
         assert _Recorder.seen == []
     finally:
         context.close()
-        stop(proc, log)
+
+
+def test_the_pages_trailing_slash_redirect_does_not_reflect_the_host(page_server):
+    """GET /_stcore/health/ with a forged Host is redirected by path, with the policy, never to that host."""
+    port = int(page_server.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/_stcore/health/", headers={"Host": "evil.example"})
+    reply = conn.getresponse()
+    conn.close()
+    assert 300 <= reply.status < 400 and reply.getheader("location") == "/_stcore/health"
+    assert reply.getheader("content-security-policy") == PAGE_CSP
 
 
 def test_the_page_and_nginx_send_the_same_policy():

@@ -19,6 +19,7 @@ from vlassist import __version__
 from vlassist.config import Settings
 from vlassist.errors import VlassistError
 from vlassist.images import decode_for
+from vlassist.redirects import RelativeRedirects
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
 from vlassist.service.jobs import Request as JobRequest
@@ -27,7 +28,7 @@ from vlassist.service.limits import LimitError
 from . import convert
 from .convert import ApiError
 from .imagebudget import check_images, image_parts
-from .limits import BodyLimit, RelativeRedirects
+from .limits import BodyLimit
 from .models import (
     AssistantMessage,
     ChatCompletion,

@@ -13,7 +13,6 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -192,30 +191,3 @@ class BodyLimit:
         if over and not started:
             await self._refuse(send)
 
-
-class RelativeRedirects:
-    """ASGI middleware: a redirect to this server (the trailing-slash one) names a path, never the client's Host."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-
-        async def relative_send(message):
-            if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
-                message = {**message, "headers": [(key, _relative(value, host)) if key.lower() == b"location"
-                                                  else (key, value) for key, value in message.get("headers", [])]}
-            await send(message)
-
-        await self.app(scope, receive, relative_send)
-
-
-def _relative(location: bytes, host: str) -> bytes:
-    parts = urlsplit(location.decode("latin-1"))
-    if parts.scheme and parts.netloc.lower() != host:
-        return location  # a redirect elsewhere, chosen by the app, not taken from the request
-    path = "/" + parts.path.lstrip("/")  # "//evil" would be protocol-relative: one slash only
-    return (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")

@@ -55,9 +55,11 @@ class PageCSP:
 
 
 def send_csp() -> None:
-    """Make Streamlit's web server (Starlette) send PAGE_CSP with every response."""
+    """Make Streamlit's web server (Starlette) send PAGE_CSP with every response, and redirect by path only."""
     from starlette.middleware import Middleware
     from streamlit.web.server.starlette import starlette_app
+
+    from vlassist.redirects import RelativeRedirects
 
     original = starlette_app.create_streamlit_middleware
     if getattr(original, "vlassist_csp", False):
@@ -65,7 +67,7 @@ def send_csp() -> None:
 
     def create_streamlit_middleware():
         # Outermost but one: whatever Streamlit's own middleware answers (blocked paths too) carries the policy.
-        return [Middleware(PageCSP), *original()]
+        return [Middleware(PageCSP), Middleware(RelativeRedirects), *original()]
 
     create_streamlit_middleware.vlassist_csp = True
     starlette_app.create_streamlit_middleware = create_streamlit_middleware
