@@ -59,7 +59,9 @@ def send_csp() -> None:
     from starlette.middleware import Middleware
     from streamlit.web.server.starlette import starlette_app
 
+    from vlassist.config import load_settings
     from vlassist.redirects import RelativeRedirects
+    from vlassist.ui.media_scope import MediaScope
 
     original = starlette_app.create_streamlit_middleware
     if getattr(original, "vlassist_csp", False):
@@ -67,7 +69,8 @@ def send_csp() -> None:
 
     def create_streamlit_middleware():
         # Outermost but one: whatever Streamlit's own middleware answers (blocked paths too) carries the policy.
-        return [Middleware(PageCSP), Middleware(RelativeRedirects), *original()]
+        scoped = [Middleware(MediaScope, header=header)] if (header := load_settings().user_header) else []
+        return [Middleware(PageCSP), Middleware(RelativeRedirects), *scoped, *original()]
 
     create_streamlit_middleware.vlassist_csp = True
     starlette_app.create_streamlit_middleware = create_streamlit_middleware
