@@ -208,3 +208,15 @@ def test_the_service_unit_raises_the_descriptor_limit():
     """The systemd unit gives the server far more than the usual 1,024 descriptors."""
     unit = (ROOT / "deploy" / "vlassist.service").read_text()
     assert int(unit.split("LimitNOFILE=", 1)[1].split()[0]) >= 65536
+
+
+@pytest.mark.parametrize("message", [
+    "failed in /usr/lib/python3/dist-packages/xgrammar/compiler.py line 3",
+    r"cannot open C:\Users\me\vlassist\engine\core.py",
+])
+def test_error_messages_for_clients_carry_no_server_paths(message):
+    """A server-side failure's message reaches the client with its file paths replaced."""
+    from vlassist.api.validate import public_message
+
+    public = public_message(message)
+    assert "<path>" in public and "compiler.py" not in public and "core.py" not in public

@@ -44,7 +44,7 @@ from .models import (
     Usage,
 )
 from .stops import StopCutter
-from .validate import check_request
+from .validate import check_request, public_message
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 STOP_WAIT_S = 30.0  # how long a cancelled answer may take to end (one decode step, normally)
@@ -216,7 +216,8 @@ class _Answer:
 
     def _failed(self) -> ApiError | None:
         if self.job.outcome == "failed":
-            return ApiError(500, self.job.error or "the answer failed", code="answer_failed", type="server_error")
+            return ApiError(500, public_message(self.job.error or "the answer failed"), code="answer_failed",
+                            type="server_error")
         if self.job.outcome == "stopped" and not self.cutter.hit:
             return ApiError(503, "the answer was cancelled on the server", code="cancelled", type="server_error")
         return None

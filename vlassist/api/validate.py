@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel
 
 from .convert import ApiError
 from .stops import MAX_STOP_CHARS, MAX_STOPS
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit signed integer, as the random generators take
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.@+\-]+){2,}[/\\]?")  # /usr/lib/…/x.py, C:\…\x.py
 
 
 def check_request(body: BaseModel) -> None:
@@ -44,3 +47,8 @@ def check_encoding(value, where: str = "") -> None:
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             check_encoding(item, f"{where}[{i}]")
+
+
+def public_message(text: str) -> str:
+    """An error message fit for a client: file system paths (the server's layout) become `<path>`."""
+    return _PATH.sub("<path>", text)
