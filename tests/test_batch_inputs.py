@@ -70,19 +70,35 @@ def test_a_recursive_glob_through_a_link_loop_ends_with_one_row_per_file(odd_fol
     assert list(rows) == ["good.png"]
 
 
+PLAN_AS_USER = """
+import json, sys
+from vlassist.batch.inputs import expand, plan_items
+refused = {}
+items = plan_items(expand([sys.argv[1]], refused), None, refused)
+print(json.dumps({item.source.rsplit("/", 1)[-1]: item.error for item in items}))
+"""
+
+
 def test_an_unreadable_subfolder_becomes_a_failed_row(tmp_path):
-    """A subfolder that cannot be listed is a row saying so, not silently missing."""
-    if os.geteuid() == 0:
-        pytest.skip("root lists any folder; chmod cannot make one unreadable")
+    """A subfolder that cannot be listed is a row saying so, not silently missing (planned as an unprivileged user)."""
     folder = tmp_path / "in"
     (folder / "locked").mkdir(parents=True)
     (folder / "a.png").write_bytes(image_bytes())
     (folder / "locked" / "b.png").write_bytes(image_bytes())
     (folder / "locked").chmod(0)
+    command = [sys.executable, "-c", PLAN_AS_USER, str(folder)]
+    if os.geteuid() == 0:  # root lists any folder: plan as nobody, who can reach the rest of the tree
+        for part in [tmp_path, *tmp_path.parents]:
+            part.chmod(part.stat().st_mode | 0o005)
+        (folder / "a.png").chmod(0o644)
+        folder.chmod(0o755)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     try:
-        rows = _plan([str(folder)])
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     finally:
         (folder / "locked").chmod(0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
     assert rows["a.png"] is None and "cannot list" in rows["locked"]
 
 
