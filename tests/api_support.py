@@ -23,15 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_serve(checkpoint: Path, log_path: Path, **env_extra: str):
-    """Start `python -m vlassist serve` on the tiny checkpoint; return (process, base URL) once /health answers."""
+def start_serve(checkpoint: Path, log_path: Path, prefix: tuple[str, ...] = (), **env_extra: str):
+    """Start `python -m vlassist serve` on the tiny checkpoint; return (process, base URL) once /health answers.
+
+    `prefix` runs it under another command, e.g. ("prlimit", "--as=...") for a memory cap.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLASSIST_")}
     env.update({"VLASSIST_MODEL_DIR": str(checkpoint), "VLASSIST_DEVICE": "cpu", "VLASSIST_STREAM_TIMEOUT_S": "60",
                 **env_extra})
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "vlassist", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "vlassist", "serve", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -13,7 +13,7 @@ import openai
 import pytest
 from api_support import API_KEY, data_url, image_message, start_serve, stop_serve
 
-from vlassist.api.convert import StopCutter
+from vlassist.api.stops import StopCutter
 
 pytestmark = pytest.mark.enable_socket
 

@@ -118,13 +118,13 @@ def test_decoding_is_bounded_to_a_few_at_a_time(monkeypatch):
     active, peak, lock = [0], [0], threading.Lock()
     real = images._decode
 
-    def counting(data, label):
+    def counting(data, label, *fit):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         time.sleep(0.05)
         try:
-            return real(data, label)
+            return real(data, label, *fit)
         finally:
             with lock:
                 active[0] -= 1

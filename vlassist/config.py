@@ -48,6 +48,13 @@ class Settings:
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
     metrics: bool = True  # `vlassist serve` answers GET /metrics (Prometheus text), behind the API key if one is set
     quant: str = "none"  # int8 | int4: quantize a 16-bit checkpoint's text model at load (kept in cache_root)
+    max_request_megapixels: float = 200.0  # decoded pixels one request's images may take (refused from headers)
+    max_decode_megapixels: float = 400.0  # decoded pixels held at once by all requests being decoded
+    max_body_mb: float = 50.0  # the API refuses a larger request body with 413
+    max_connections: int = 500  # the API's concurrent connections (fewer if the descriptor limit is lower)
+    header_timeout_s: float = 10.0  # the API closes a connection that sends no complete request header in time
+    keepalive_s: float = 5.0  # the API closes an idle keep-alive connection after this long
+    max_header_kb: int = 64  # the API refuses a larger request header with 431
 
     @property
     def models_root(self) -> Path:
@@ -122,4 +129,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
         metrics=_choice(env, "VLASSIST_METRICS", ("1", "0", "on", "off", "true", "false"), "1") in ("1", "on", "true"),
         quant=_choice(env, "VLASSIST_QUANT", QUANT, "none"),
+        max_request_megapixels=_number(env, "VLASSIST_MAX_REQUEST_MEGAPIXELS", float, 200.0, 1, 100_000),
+        max_decode_megapixels=_number(env, "VLASSIST_MAX_DECODE_MEGAPIXELS", float, 400.0, 1, 100_000),
+        max_body_mb=_number(env, "VLASSIST_MAX_BODY_MB", float, 50.0, 0.01, 100_000),
+        max_connections=_number(env, "VLASSIST_MAX_CONNECTIONS", int, 500, 8, 1_000_000),
+        header_timeout_s=_number(env, "VLASSIST_HEADER_TIMEOUT_S", float, 10.0, 0.1, 3600),
+        keepalive_s=_number(env, "VLASSIST_KEEPALIVE_S", float, 5.0, 0.1, 3600),
+        max_header_kb=_number(env, "VLASSIST_MAX_HEADER_KB", int, 64, 1, 65536),
     )

@@ -21,13 +21,17 @@ from vlassist.answers.schemas import SchemaError
 from vlassist.config import Settings
 from vlassist.conversation import TokenLogprob
 from vlassist.errors import OptionError, VlassistError
+from vlassist.images import decode_for
+from vlassist.redirects import RelativeRedirects
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
 from vlassist.service.jobs import Request as JobRequest
 from vlassist.service.limits import ContextLengthError, LimitError
 
 from . import convert, params, tokens
-from .convert import ApiError, StopCutter
+from .convert import ApiError
+from .imagebudget import check_images, image_parts
+from .limits import BodyLimit
 from .metrics import ApiMetrics
 from .models import (
     AssistantMessage,
@@ -47,7 +51,9 @@ from .models import (
     Usage,
 )
 from .models import TokenLogprob as ApiTokenLogprob
+from .stops import StopCutter
 from .toolcalls import ToolCallSplitter, calls_expected
+from .validate import check_request, public_message
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 STOP_WAIT_S = 30.0  # how long a cancelled answer may take to end (one decode step, normally)
@@ -97,8 +103,10 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
     def check_key(request: Request) -> None:
         if settings.api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # The scheme is case-insensitive (RFC 9110); the key is compared in constant time.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"),
+                                                                 settings.api_key.encode()):
             raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <VLASSIST_API_KEY>`",
                            code="invalid_api_key")
 
@@ -119,6 +127,16 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return respond(ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug still answers JSON, and without its traceback or the server's file paths (those go to the log).
+        return respond(ApiError(500, f"internal error ({type(exc).__name__}); the server log has the details",
+                                code="internal_error", type="server_error"))
+
+    if settings.max_body_mb:
+        app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 1024 * 1024))
+    app.add_middleware(RelativeRedirects)  # the trailing-slash redirect must not echo the Host header
 
     @app.get("/health")
     async def health() -> dict:
@@ -157,10 +175,21 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
               response_model=ChatCompletion, response_model_exclude_none=True)
     async def chat(body: ChatRequest, request: Request):
         """Answer a conversation; `stream: true` sends OpenAI chunks as server-sent events, then `[DONE]`."""
+        check_request(body)
         stops = convert.stop_strings(body)
 
         def queue() -> Job:
-            turns, details = convert.to_turns(body)
+            # Images are admitted from their headers first (pixels, visual tokens), then decoded straight to
+            # their model-input size: a request that cannot be answered never decodes a pixel.
+            answerer = service.answerer
+            planned = convert.to_options(body, [detail for *_, detail in image_parts(body)], settings)
+            try:
+                fit = check_images(body, answerer, planned, settings.max_prompt_tokens,
+                                   int(settings.max_request_megapixels * 1_000_000))
+            except VlassistError as exc:
+                raise _admission_error(exc, body) from None
+            with decode_for(fit):
+                turns, details = convert.to_turns(body)
             try:
                 return service.submit(JobRequest(turns, convert.to_options(body, details, settings)))
             except VlassistError as exc:
@@ -241,7 +270,9 @@ class _Answer:
             done = self.job.done  # read before the text: once done, the text is final
             text = self.job.text
             if len(text) > sent:
-                piece = self.cutter.feed(text[sent:])
+                # Matching is linear, but a thread keeps even a long answer's scan off the loop serving others.
+                piece = (await run_in_threadpool(self.cutter.feed, text[sent:]) if self.cutter.stops
+                         else self.cutter.feed(text[sent:]))
                 sent = len(text)
                 if piece:
                     self.text += piece
@@ -262,7 +293,8 @@ class _Answer:
 
     def _failed(self) -> ApiError | None:
         if self.job.outcome == "failed":
-            return ApiError(500, self.job.error or "the answer failed", code="answer_failed", type="server_error")
+            return ApiError(500, public_message(self.job.error or "the answer failed"), code="answer_failed",
+                            type="server_error")
         if self.job.outcome == "stopped" and not self.cutter.hit:
             return ApiError(503, "the answer was cancelled on the server", code="cancelled", type="server_error")
         return None

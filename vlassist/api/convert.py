@@ -161,33 +161,6 @@ def stop_strings(body: ChatRequest) -> list[str]:
     return [s for s in stops if s]
 
 
-class StopCutter:
-    """Passes text through until a stop string appears; holds back a tail that could be the start of one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = stops
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, chunk: str) -> str:
-        """The text that is safe to send now; sets `hit` (and drops the rest) once a stop string is seen."""
-        if self.hit:
-            return ""
-        self.pending += chunk
-        found = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
-        if found:
-            out, self.pending, self.hit = self.pending[:min(found)], "", True
-            return out
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
-        return out
-
-    def flush(self) -> str:
-        """What was held back, once the answer has ended without a stop string."""
-        out, self.pending = self.pending, ""
-        return out
-
-
 def boxes(text: str, family: str, stats: Stats) -> list[dict] | None:
     """Grounding boxes of the answer in each image's original pixels; None when there are none."""
     found = []

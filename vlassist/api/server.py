@@ -9,10 +9,12 @@ import uvicorn
 
 from vlassist.backends import load_answerer
 from vlassist.config import Settings
+from vlassist.images import set_decode_budget
 from vlassist.service.answering import AnswerService
 from vlassist.service.limits import context_admission, options_admission
 
 from .app import create_app
+from .limits import ConnectionLimits, connection_cap, guarded_protocol, raise_descriptor_limit
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5  # open streams get this long to end on Ctrl+C / SIGTERM
@@ -20,6 +22,7 @@ SHUTDOWN_GRACE_S = 5  # open streams get this long to end on Ctrl+C / SIGTERM
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> int:
     """Serve until interrupted; every request queues FIFO on one service, as the page's do."""
+    set_decode_budget(int(settings.max_decode_megapixels * 1_000_000))
     answerer = load_answerer(settings)
     info = answerer.info
     # The same refusals as the page's (too long a question or prompt), before a request waits in the queue.
@@ -28,7 +31,15 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> int:
     app = create_app(service, settings, model_id=Path(info.model_dir).name, family=info.family)
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         log.warning("serving on %s without VLASSIST_API_KEY: anyone who can reach it can use the model", host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    limits = ConnectionLimits(max_connections=settings.max_connections, header_timeout_s=settings.header_timeout_s,
+                              keepalive_s=settings.keepalive_s, max_header_bytes=settings.max_header_kb * 1024,
+                              max_body_bytes=int(settings.max_body_mb * 1024 * 1024))
+    cap = connection_cap(limits, raise_descriptor_limit())
+    # h11 (not httptools): its header-size limit is enforced while the header arrives, and the guarded protocol
+    # adds the header timeout and the connection cap.
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                            http=guarded_protocol(limits, cap), timeout_keep_alive=int(max(1, limits.keepalive_s)),
+                            h11_max_incomplete_event_size=limits.max_header_bytes)
     try:
         uvicorn.Server(config).run()
     finally:

@@ -103,7 +103,8 @@ def run_batch(args, settings: Settings, options: GenerationOptions, schema_text:
     _check(args, settings.max_question_chars)
     pages = parse_pages(args.pages)
     options = replace(options, min_new_tokens=min(args.min_new_tokens, options.max_new_tokens))
-    items = plan_items(expand(args.inputs), pages)
+    refused: dict = {}  # links leading out of a walked folder: rows that say so
+    items = plan_items(expand(args.inputs, refused), pages, refused)
     answerer, family, model = _model(settings)
     boxes = None if args.free_boxes or args.prompt else boxes_schema_text(family)
     task = make_task(args.preset, prompt_for(family), schema_text, options, boxes)

@@ -75,20 +75,35 @@ class RowLog:
                     data = f.read()
                     if data and not data.endswith(b"\n"):
                         f.truncate(data.rfind(b"\n") + 1)
-            self._file = self.path.open("a", encoding="utf-8")
+            # Unbuffered: a failed write leaves nothing behind in a buffer to be written (torn) at close.
+            self._file = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
 
     def append(self, row: dict) -> None:
-        """Write one whole row and push it to disk, so an interrupt or crash never leaves half of it."""
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Write one whole row and push it to disk, so an interrupt or crash never leaves half of it.
+
+        A write that fails (a full or failing disk) is cut back to the last whole row before StorageError is raised.
+        """
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        start = os.lseek(self._file, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._file, view):]
+            os.fsync(self._file)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._file, start)
+            except OSError:
+                pass  # the next start cuts a torn last line off (open())
+            raise StorageError(f"{self.path}: cannot write ({exc.strerror or exc}); every row before this one "
+                               "is saved: free space there and run the same command again to continue") from None
 
     def close(self) -> None:
         """Close the file."""
         if self._file is not None:
-            self._file.close()
+            os.close(self._file)
             self._file = None
 
 

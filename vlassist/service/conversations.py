@@ -19,16 +19,32 @@ from vlassist.store.history import NewImage, OwnerStore, StoredConversation, mak
 PERSIST_EVERY_S = 1.0  # a crash loses at most about this much of a streaming answer…
 PERSIST_EVERY_CHUNKS = 24  # …or this many chunks (about one token each), whichever comes first
 STATUS = {"complete": "complete", "stopped": "interrupted", "failed": "error"}
-DECODED_IMAGES = 16  # decoded images kept by content hash, so follow-ups do not decode them again
+# Decoded images kept by content hash, so follow-ups do not decode them again. Bounded by their pixels, not their
+# number: sixteen cheap 49 MP uploads would otherwise keep 2.4 GB for the life of the process.
+DECODED_BYTES = 256 * 2**20
 
-_decoded: LRUCache = LRUCache(maxsize=DECODED_IMAGES)
+
+def decoded_size(image: LoadedImage) -> int:
+    """Bytes an image's decoded pixels take."""
+    return image.image.width * image.image.height * len(image.image.getbands())
+
+
+def decoded_cache(max_bytes: int = DECODED_BYTES) -> LRUCache:
+    """An LRU of decoded images (by sha256) holding at most `max_bytes` of pixels."""
+    return LRUCache(maxsize=max_bytes, getsizeof=decoded_size)
+
+
+_decoded: LRUCache = decoded_cache()
 _decoded_lock = threading.Lock()
 
 
-def remember_decoded(image: LoadedImage) -> None:
+def remember_decoded(image: LoadedImage, cache: LRUCache | None = None) -> None:
     """Keep a just-decoded image, so building the turns of its conversation does not decode it again."""
+    cache = _decoded if cache is None else cache
+    if decoded_size(image) > cache.maxsize:
+        return  # larger than the whole cache: decoded again when needed
     with _decoded_lock:
-        _decoded[image.sha256] = image
+        cache[image.sha256] = image
 
 
 def stored_image(store: OwnerStore, sha256: str, name: str) -> LoadedImage | None:

@@ -137,6 +137,7 @@ class Job:
             self.outcome, self.error, self.finished = outcome, error, time.monotonic()
             if stats is not None:
                 self.stats = stats
+            self.request.turns = ()  # a finished job keeps no images (the last few jobs stay readable for a while)
             self.state = "done"
             self._changed.notify_all()
         self._tell()

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from vlassist.conversation import GenerationOptions, Stats
 from vlassist.images import Sizing
 from vlassist.store.faults import FAULTS, LOCK_RETRIES, backoff, guarded, is_busy, is_read_only, storage_error
+from vlassist.store.integrity import Unfit, check_history_file, lists
 from vlassist.store.records import (
     FINAL_STATUSES,
     STATUSES,
@@ -79,6 +80,8 @@ class History:
         Any other storage fault raises StorageError naming the folder.
         """
         folder = Path(data_dir)
+        if (unfit := check_history_file(folder / DB_NAME, SCHEMA_VERSION)) is not None:
+            return cls._open_unfit(folder, unfit)  # damaged, another program's, or newer: never written
         for attempt in range(LOCK_RETRIES + 1):
             engine = None
             try:
@@ -98,6 +101,14 @@ class History:
                 history.read_only_reason = str(storage_error(exc, folder))
                 return history
         raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_unfit(cls, folder: Path, unfit: Unfit) -> History:
+        """Read-only over what can still be read of the file (else an empty history), saying why and what to do."""
+        readable = unfit.readable and lists(folder / DB_NAME)  # else even its conversation list is lost
+        history = cls._open_read_only(folder) if readable else cls(empty_engine(), folder, read_only=True)
+        history.read_only_reason = str(unfit)
+        return history
 
     @classmethod
     def _open_read_only(cls, folder: Path) -> History:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateColumn
+from sqlalchemy.schema import CreateColumn, CreateTable
 
 from vlassist.conversation import Stats
 from vlassist.images import Sizing
@@ -41,7 +41,8 @@ class Conversation(Base):
     """A conversation row: who owns it, its title, when it was created and last changed."""
 
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_owner", "owner", "updated_at"),)
+    # AUTOINCREMENT (since 004): a deleted conversation's id is never given to a new one.
+    __table_args__ = (Index("ix_conversations_owner", "owner", "updated_at"), {"sqlite_autoincrement": True})
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str] = mapped_column(String(200))
     title: Mapped[str] = mapped_column(String(200))
@@ -185,11 +186,34 @@ def _m003_image_sizes(conn: Connection) -> None:
                 visual_tokens=sizing.visual_tokens))
 
 
+def _m004_conversation_ids_never_reused(conn: Connection) -> None:
+    # SQLite cannot add AUTOINCREMENT to a table: rebuild it (migrate() runs this step with foreign keys off, or
+    # dropping the old table would delete every message through ON DELETE CASCADE).
+    sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'conversations'").scalar()
+    if "AUTOINCREMENT" in (sql or "").upper():
+        return
+    if conn.exec_driver_sql("PRAGMA foreign_keys").scalar():
+        raise RuntimeError("rebuilding the conversations table needs foreign keys off")
+    table = Conversation.__table__
+    ddl = str(CreateTable(table).compile(dialect=conn.dialect))
+    conn.exec_driver_sql(ddl.replace(f"CREATE TABLE {table.name} ", f"CREATE TABLE {table.name}_new ", 1))
+    columns = ", ".join(column.name for column in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO {table.name}_new ({columns}) SELECT {columns} FROM {table.name}")
+    conn.exec_driver_sql(f"DROP TABLE {table.name}")
+    conn.exec_driver_sql(f"ALTER TABLE {table.name}_new RENAME TO {table.name}")
+    for index in table.indexes:
+        index.create(conn)
+    if conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+        raise RuntimeError("the rebuilt conversations table breaks a foreign key")
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_message_model", _m002_message_model),
     ("003_image_sizes", _m003_image_sizes),
+    ("004_conversation_ids_never_reused", _m004_conversation_ids_never_reused),
 ]
+TABLE_REBUILDS = {"004_conversation_ids_never_reused"}  # steps run with foreign keys off
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -199,14 +223,22 @@ def migrate(engine: Engine) -> list[str]:
         Base.metadata.create_all(conn, tables=[Migration.__table__])
     applied = []
     for version, (name, step) in enumerate(MIGRATIONS, start=1):
-        with engine.begin() as conn:
-            # Checked inside the write transaction: a second process opening the database at the same
-            # moment waits for this one and then finds the step done.
-            if conn.scalar(select(Migration.name).where(Migration.name == name)) is not None:
-                continue
-            step(conn)
-            conn.execute(Migration.__table__.insert().values(name=name, applied_at=time.time()))
-            conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+        with engine.connect() as conn:
+            rebuild = name in TABLE_REBUILDS
+            if rebuild:  # set before the transaction begins: inside one, SQLite ignores this pragma
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    # Checked inside the write transaction: a second process opening the database at the same
+                    # moment waits for this one and then finds the step done.
+                    if conn.scalar(select(Migration.name).where(Migration.name == name)) is not None:
+                        continue
+                    step(conn)
+                    conn.execute(Migration.__table__.insert().values(name=name, applied_at=time.time()))
+                    conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+            finally:
+                if rebuild:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
         applied.append(name)
     return applied
 

@@ -13,6 +13,7 @@ from vlassist.service.answering import AnswerService
 from vlassist.service.models import ModelSlot
 from vlassist.store.history import LOCAL_OWNER, History
 from vlassist.ui import models_panel
+from vlassist.ui.media_scope import remember_owner
 
 MAX_OWNER_LENGTH = 200
 log = logging.getLogger(__name__)
@@ -145,4 +146,5 @@ def owner_or_stop(settings: Settings) -> str:
             icon=":material/lock:",
         )
         st.stop()
+    remember_owner(value)  # its session's images and exports are served to this user only
     return value
