@@ -17,7 +17,7 @@ from vlassist.images import LoadedImage, load_image
 from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
-from vlassist.ui import attach, live, tasks
+from vlassist.ui import attach, live, tasks, verbatim
 from vlassist.ui.results import guess_view, render_view
 
 CHAT_KEY = tasks.CHAT_KEY
@@ -120,7 +120,7 @@ def render_user_message(message: StoredMessage, store: OwnerStore, engine, optio
     with st.chat_message("user"):
         render_images(message.images, store, engine, options)
         if message.text:
-            st.markdown(message.text)
+            verbatim.show_plain(message.text, css_class="vl-question")
 
 
 def render_assistant_message(message: StoredMessage,
@@ -139,9 +139,9 @@ def render_assistant_message(message: StoredMessage,
                 if shown and message.status == "complete" and _stop_reason(message) not in ("length", "stopped"):
                     # The view (table, fields, boxes, page) already shows what the text says: keep it one click away.
                     with st.expander("Answer text", expanded=False, icon=":material/notes:"):
-                        st.markdown(message.text)
+                        verbatim.render_answer_text(message.text, message.preset, f"msg{message.id}")
                 else:
-                    st.markdown(message.text)
+                    verbatim.render_answer_text(message.text, message.preset, f"msg{message.id}")
         if message.status == "interrupted":
             st.caption(":material/stop_circle: Stopped — partial answer")
         elif message.status == "error":

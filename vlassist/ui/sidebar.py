@@ -12,6 +12,7 @@ from vlassist.store import export
 from vlassist.store.history import OwnerStore, StoredConversation
 from vlassist.ui.chat import CONVERSATION_KEY, flash
 from vlassist.ui.tasks import PRESET_KEY
+from vlassist.ui.verbatim import escape_markdown, show_plain
 
 LIST_HEIGHT = 360  # px: the history list scrolls inside this, so Settings and Model status stay in reach
 PICKED_KEY = "picked_conversation"  # set for the run after a pick: narrow screens close the sidebar then
@@ -58,7 +59,7 @@ def render_conversation_list(store: OwnerStore) -> None:
         return
     with st.container(height=min(LIST_HEIGHT, 48 * len(conversations) + 16), border=False, key="history_list"):
         for item in conversations:
-            st.button(f"{item.title}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
+            st.button(f"{escape_markdown(item.title)}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
                       args=(item.id,), type="primary" if item.id == current else "secondary",
                       width="stretch")
 
@@ -88,7 +89,8 @@ def render_title_bar(store: OwnerStore, service: AnswerService, conversation: St
         st.subheader("New conversation")
         return
     left, right = st.columns([12, 1], vertical_alignment="center")
-    left.subheader(conversation.title)
+    with left:
+        show_plain(conversation.title, tag="h3", css_class="vl-title")
     with right:
         render_conversation_actions(store, service, conversation)
 
