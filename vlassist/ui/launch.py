@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `streamlit run qwen_vl_app.py` with the given extra options, lookups disabled."""
     from streamlit.web import cli
 
+    from vlassist.ui import readiness
+
     keep_local()
+    readiness.install_route()  # GET /_vlassist/ready; the model starts loading with the server
     return cli.main(["run", str(APP), *(sys.argv[1:] if argv is None else argv)], prog_name="streamlit")
 
 
