@@ -98,6 +98,15 @@ class MessageImage(Base):
     visual_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)  # since 003
 
 
+class UserSettings(Base):
+    """One owner's page settings (answer length, image detail, decoding), kept across reloads; since 004."""
+
+    __tablename__ = "user_settings"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    values: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class Migration(Base):
     """A migration applied to this database, by name."""
 
@@ -185,10 +194,15 @@ def _m003_image_sizes(conn: Connection) -> None:
                 visual_tokens=sizing.visual_tokens))
 
 
+def _m004_user_settings(conn: Connection) -> None:
+    Base.metadata.create_all(conn, tables=[UserSettings.__table__])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_message_model", _m002_message_model),
     ("003_image_sizes", _m003_image_sizes),
+    ("004_user_settings", _m004_user_settings),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -98,6 +98,12 @@ def image_caption(name: str, size: tuple[int, int], fmt: str, engine, options: G
     return f"{name} · {w}×{h} {fmt} → model sees {iw}×{ih} ({sizing.visual_tokens} visual tokens)"
 
 
+def stored_image_caption(ref: ImageRef) -> str:
+    """Original size and format, and the size and visual tokens stored with the answer (whatever model runs now)."""
+    (w, h), (iw, ih) = ref.size, ref.sizing.input_size
+    return (f"{ref.name} · {w}×{h} {ref.format} → model saw {iw}×{ih} ({ref.sizing.visual_tokens} visual tokens)")
+
+
 # ---- rendering ----
 
 def render_images(refs, store: OwnerStore, engine, options: GenerationOptions) -> None:
@@ -108,7 +114,8 @@ def render_images(refs, store: OwnerStore, engine, options: GenerationOptions) -
     for i, ref in enumerate(refs):
         with columns[i % len(columns)]:
             thumb = store.thumbnail(ref.sha256)
-            caption = image_caption(ref.name, ref.size, ref.format, engine, options)
+            caption = stored_image_caption(ref) if ref.sizing else image_caption(ref.name, ref.size, ref.format,
+                                                                                  engine, options)
             if thumb:
                 st.image(thumb, caption=caption)
             else:
