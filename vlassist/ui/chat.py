@@ -54,15 +54,15 @@ def flash(kind: str, text: str) -> None:
 
 
 def show_flash() -> None:
-    """Show, once, a message left by the previous run: where it is called (just above the chat box) and as a toast.
+    """Show, once, a message left by the previous run, where it is called: inline, just above the chat box.
 
-    A refusal is read where the user just typed, not at the top of a long conversation scrolled out of view.
+    A refusal is read where the user just typed, not at the top of a long conversation scrolled out of view; it is
+    shown in that one place (a toast on top of it would say the same thing twice and cover the page).
     """
     item = st.session_state.pop("flash", None)
     if item:
         kind, text = item
         getattr(st, kind)(text, icon=FLASH_ICONS.get(kind))
-        st.toast(text, icon=FLASH_ICONS.get(kind), duration="long")
 
 
 def restore_pending_text() -> None:
@@ -82,8 +82,9 @@ def stats_caption(stats: Stats | None) -> str:
     if stats.new_tokens:
         parts.append(f"first token {stats.ttft_s:.2f} s")
         parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
-    parts.append(f"{stats.new_tokens} tokens")
-    parts.append(f"prompt {stats.prompt_tokens} ({stats.visual_tokens} visual)")
+    if stats.new_tokens or stats.prompt_tokens:  # a failed answer that never started counted nothing: say nothing
+        parts.append(f"{stats.new_tokens} tokens")
+        parts.append(f"prompt {stats.prompt_tokens} ({stats.visual_tokens} visual)")
     if stats.total_s:
         parts.append(f"{stats.total_s:.1f} s total")
     if stats.stop_reason == "length":
