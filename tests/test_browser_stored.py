@@ -29,7 +29,8 @@ def app(tiny_qwen25, tmp_path_factory):
     conversation = store.create_conversation("old conversation")
     store.add_user_message(conversation, "what is this?", [NewImage(picture, loaded, "old.png")])
     store.add_assistant_message(conversation, "a picture", "complete", preset="describe", options={},
-                                stats=Stats(stop_reason="eos", new_tokens=2, images=[Sizing((90, 120), STORED_INPUT, 6)]),
+                                stats=Stats(stop_reason="eos", new_tokens=2,
+                                            images=[Sizing((90, 120), STORED_INPUT, 6)]),
                                 model_family="qwen3_vl", model="/models/another")
     history.close()
     proc, url, log = serve(tiny_qwen25, data)

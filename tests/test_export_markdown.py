@@ -18,7 +18,8 @@ TRICKY = ["2*3*4 and _under_ and **bold**", "1) first", "- x", "+ y", "# not a h
           "back\\slash \\* \\\\ &amp; &copy;", "    four spaces (not code)", "\ttab first\tand inside",
           "中文：表格｜数据", "| a | b |", "***", "x\\", "1. one", "`code` and ``two``", "<!-- comment -->"]
 PLAIN = "\n".join(TRICKY)
-MARKUP = ("html_block", "html_inline", "em_open", "strong_open", "bullet_list_open", "ordered_list_open", "blockquote_open", "link_open", "hr", "table_open", "code_block", "image")
+MARKUP = ("html_block", "html_inline", "em_open", "strong_open", "bullet_list_open", "ordered_list_open",
+          "blockquote_open", "link_open", "hr", "table_open", "code_block", "image")
 
 
 def _tokens(markdown: str):

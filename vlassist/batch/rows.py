@@ -28,7 +28,8 @@ def make_row(source: str, sha256: str | None, page: int | None, dpi: int | None,
     """
     cut = bool(stats) and stats.get("stop_reason") == "length"
     return {"source": source, "page": page, "dpi": dpi if page is not None else None, "sha256": sha256,
-            "task": task, "model": model, "status": TRUNCATED if cut else FAILED if error else OK, "answer": answer, "result": result,
+            "task": task, "model": model, "status": TRUNCATED if cut else FAILED if error else OK,
+            "answer": answer, "result": result,
             "stats": stats, "error": error, "finished": datetime.now(UTC).isoformat(timespec="seconds")}
 
 

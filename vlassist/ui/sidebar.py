@@ -67,8 +67,8 @@ def render_conversation_list(store: OwnerStore) -> None:
     st.html(_LIST_STYLE)
     with st.container(height=min(LIST_HEIGHT, 48 * len(conversations) + 16), border=False, key="history_list"):
         for item in conversations:
-            st.button(f"{escape_markdown(item.title)}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
-                      args=(item.id,), type="primary" if item.id == current else "secondary",
+            st.button(f"{escape_markdown(item.title)}  ·  {_when(item.updated_at)}", key=f"open_{item.id}",
+                      on_click=_open, args=(item.id,), type="primary" if item.id == current else "secondary",
                       width="stretch")
 
 
