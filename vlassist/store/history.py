@@ -156,8 +156,6 @@ class OwnerStore:
         return session.scalars(select(Conversation).where(
             Conversation.id == conversation_id, Conversation.owner == self.owner)).first()
 
-    # ---- settings ----
-
     @guarded
     def get_settings(self) -> dict:
         """This owner's saved page settings ({} when none were saved)."""
