@@ -259,7 +259,7 @@ def read_attachments(files) -> tuple[list[NewImage], list[str]]:
     images, problems = [], []
     for upload in files:
         try:
-            item = attach.open_file(upload.name, upload.getvalue())
+            item = attach.open_file(attach.pasted_name(upload.name), upload.getvalue())
             if item.image:
                 images.append(item.image)
             elif item.pages > attach.MAX_PAGES:

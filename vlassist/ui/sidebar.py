@@ -10,6 +10,7 @@ from vlassist.errors import StorageError
 from vlassist.service.answering import AnswerService
 from vlassist.store import export
 from vlassist.store.history import OwnerStore, StoredConversation
+from vlassist.ui import attach
 from vlassist.ui.chat import CONVERSATION_KEY, flash
 from vlassist.ui.tasks import PRESET_KEY
 from vlassist.ui.verbatim import escape_markdown, show_plain
@@ -36,6 +37,7 @@ _CLOSE_SCRIPT = """<script data-pick="{pick}">{{
 
 
 def _open(conversation_id: int | None) -> None:
+    attach.switch_conversation(st.session_state.get(CONVERSATION_KEY), conversation_id)  # drafts stay where made
     st.session_state[CONVERSATION_KEY] = conversation_id
     st.session_state.pop(PRESET_KEY, None)
     st.session_state[PICKED_KEY] = True
