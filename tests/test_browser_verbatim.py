@@ -70,8 +70,10 @@ def _copy(tab, answer) -> str:
     """Press the copy button of an answer's text block; return what the clipboard then holds."""
     tab.evaluate("() => navigator.clipboard.writeText('(nothing copied)')")
     block = answer.locator('[data-testid="stCode"]').first
-    block.hover()
-    block.get_by_role("button").first.click()
+    block.scroll_into_view_if_needed()
+    tab.mouse.move(0, 0)  # the copy button shows when the pointer enters the block: leave it first
+    block.hover()  # the block's toolbar (its copy button) is shown while the pointer is over it
+    block.locator('button[aria-label="Copy to clipboard"]').click()
     tab.wait_for_function("() => navigator.clipboard.readText().then(t => t !== '(nothing copied)')")
     return tab.evaluate("() => navigator.clipboard.readText()")
 
