@@ -56,7 +56,7 @@ def test_free_answer_keeps_its_text_in_full(app_env):
     text = "The panel shows a pressure gauge reading about 4 bar."
     conversation, _ = insert_answer(app_env, text, preset="describe")
     reply = reopen(conversation).chat_message[1]
-    assert [m.value for m in reply.markdown].count(text) == 1 and not answer_text_expander(reply)
+    assert shown_markdown(reply, text) == 1 and not answer_text_expander(reply)
 
 
 def test_stopped_table_answer_keeps_its_text_in_full(app_env):

@@ -102,12 +102,15 @@ def test_copy_button_copies_the_stored_answer_byte_for_byte(tab, app):
         assert _copy(tab, tab.locator(ASSISTANT).nth(i)) == text
 
 
-def test_rendered_answer_can_switch_to_raw_and_its_copy_is_exact(tab, app):
-    """A prose answer starts rendered as Markdown; "Raw" shows the stored text; its copy is the stored text."""
+def test_prose_answer_switches_to_rendered_and_back_and_its_copy_is_exact(tab, app):
+    """A prose answer starts raw; "Rendered" reads it as Markdown with the exact text one fold away; "Raw" again
+    shows the stored text."""
     url, _, _, multi = app
     _open(tab, url, multi)
     described = tab.locator(ASSISTANT).last
-    assert described.locator('[data-testid="stMarkdownContainer"] table').count() == 1  # rendered Markdown
+    assert described.locator('[data-testid="stCode"] code').first.inner_text() == ANSWER
+    described.locator("[data-testid=stButtonGroup] button", has_text="Rendered").click()
+    described.locator('[data-testid="stMarkdownContainer"] table').wait_for()  # rendered Markdown
     described.locator("summary", has_text="Copy text").click()
     described.locator('[data-testid="stCode"]').first.wait_for()
     assert _copy(tab, described) == ANSWER

@@ -2,7 +2,7 @@
 
 OCR, tables, JSON and HTML are the product's main output: a Markdown renderer turns `2*3*4` into italics and
 `1) first` into a list, and Streamlit's Markdown also runs `:red[…]` colour directives and `$…$` maths. So those
-answers are shown as stored, and Markdown is an opt-in view ("Rendered") for prose answers.
+answers (and, by default, every other) are shown as stored; Markdown is an opt-in view ("Rendered").
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ from vlassist.ui.markdown_view import render_markdown
 
 RAW, RENDERED = "Raw", "Rendered"
 MODES = (RAW, RENDERED)
-# Answers whose text is data (read text, tables, JSON, HTML, boxes): shown raw unless the user asks otherwise.
-VERBATIM_PRESETS = frozenset({"ocr", "json", "table", "chart", "html", "grounding"})
 CODE_LANGUAGES = {"json": "json", "html": "html"}
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=\"'^])")
 
 
 def default_mode(preset: str | None) -> str:
-    """How an answer is shown before the user picks: raw for data presets, rendered for prose."""
-    return RAW if preset in VERBATIM_PRESETS else RENDERED
+    """How an answer is shown before the user picks: raw, exactly as written (Rendered is one click away)."""
+    return RAW  # even prose: what the model wrote is what the user reads and copies
 
 
 def escape_markdown(text: str) -> str:
