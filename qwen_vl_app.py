@@ -20,7 +20,7 @@ conversation = chat.open_conversation(store)
 with st.sidebar:
     st.title("vlassist")
     sidebar.render_conversation_list(store)  # new, search, then a bounded list: what follows stays in reach
-    options = settings_panel.render_settings(settings)
+    options = settings_panel.render_settings(settings, store)  # the user's saved settings
     models_panel.render(resources.model_slot(settings), settings, owner)  # the model in use; load another
     settings_panel.render_model_status(engine, service)
 

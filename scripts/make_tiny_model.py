@@ -364,7 +364,7 @@ def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0, weight
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=16384,  # a 1920×1080 screenshot, a follow-up and a 2,048-token answer fit
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

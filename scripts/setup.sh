@@ -75,12 +75,25 @@ Path(path).write_text("".join(" ".join(line) + "\n" for line in [*kept, [key, *s
 PY
 }
 
+# The `vlassist` command (README) from any folder: this checkout installed into .venv in editable mode, without
+# touching the pinned dependencies and without any index (the venv's own setuptools builds it).
+install_package() {
+  [ -f pyproject.toml ] || return 0
+  if [ -x .venv/bin/vlassist ] && .venv/bin/python -c "import vlassist" 2>/dev/null; then
+    return 0
+  fi
+  say "installing the vlassist command into .venv (editable: it runs this checkout) ..."
+  .venv/bin/python -m pip install --disable-pip-version-check --quiet --no-deps --no-index --no-build-isolation \
+    -e . || { say "could not install the vlassist command; use .venv/bin/python -m vlassist from here"; return 1; }
+}
+
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PYTHON" --version 2>&1) ..."
   "$PYTHON" -m venv .venv
 fi
 if count=$(stamp check "$@"); then
   say "$count requirements already installed (unchanged since the last install, $STAMP); pip skipped"
+  install_package
   exit 0
 fi
 
@@ -102,4 +115,5 @@ if [ "${VLASSIST_INSTALL_FLASH_ATTN:-0}" = "1" ] && ! .venv/bin/python -c "impor
     say "flash-attn did not install; vlassist will use SDPA (delete $STAMP to try again)"
 fi
 stamp save "$@"
+install_package
 say "done in $((SECONDS - started)) s"

@@ -173,3 +173,16 @@ def browser():
         chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
+
+
+def shown_verbatim(block, css_class: str) -> list[str]:
+    """The texts a page or block shows verbatim as `css_class` elements ("vl-title", "vl-question"), unescaped."""
+    import html
+    import re
+
+    found = []
+    for element in block.get("html"):
+        match = re.fullmatch(rf'<(\w+) class="{css_class}"[^>]*>(.*)</\1>', element.value, re.S)
+        if match:
+            found.append(html.unescape(match.group(2)))
+    return found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ask_app, image_bytes, start_app, stored, use_app_env
+from conftest import ask_app, image_bytes, shown_verbatim, start_app, stored, use_app_env
 from sqlalchemy import text
 
 from vlassist.answers.prompts import preset_prompt
@@ -43,7 +43,7 @@ def test_conversation_reopens_in_a_fresh_app_run(app_env):
     assert at.session_state["conversation_id"] is None
     at.button(key=f"open_{conversation.id}").click().run()
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
-    assert at.chat_message[0].markdown[0].value == "Remember me"
+    assert shown_verbatim(at.chat_message[0], "vl-question") == ["Remember me"]
     assert len(at.chat_message[0].image) == 1
 
 

@@ -22,8 +22,8 @@ def app_env(monkeypatch, tmp_path, tiny_qwen25):
 
 
 def shown_markdown(block, text: str) -> int:
-    """How many Markdown elements in `block` (nested ones included) show exactly `text`."""
-    return sum(m.value == text for m in block.markdown)
+    """How many text elements in `block` (nested ones included) show exactly `text` (raw or as Markdown)."""
+    return sum(m.value == text for m in block.code) + sum(m.value == text for m in block.markdown)
 
 
 def answer_text_expander(block):
@@ -96,8 +96,8 @@ def test_real_date_gets_no_check_column(app_env):
     assert not reply.warning and list(reply.dataframe[0].value.columns) == ["field", "value"]
 
 
-def test_refused_send_is_shown_by_the_chat_box_and_as_a_toast(app_env):
-    """A send refused for its JSON shape is reported after the presets (by the chat box) and in a toast."""
+def test_refused_send_is_shown_by_the_chat_box_only(app_env):
+    """A send refused for its JSON shape is reported once, after the presets (by the chat box), with no toast."""
     at = start_app()
     paste_schema(at, '{"type": "objekt"}').run()
     ask_app(at, "Read the panel")
@@ -106,5 +106,16 @@ def test_refused_send_is_shown_by_the_chat_box_and_as_a_toast(app_env):
     [refusal] = [i for i, node in enumerate(nodes) if node.type == "error" and "Not sent" in node.value]
     last_preset = max(i for i, node in enumerate(nodes) if getattr(node, "key", None) == "preset_html")
     assert refusal > last_preset
-    assert any("Not sent" in t.value for t in at.toast)
+    assert not at.toast
     assert at.chat_input(key="chat_input").value == "Read the panel"
+
+
+def test_failed_answer_stats_line_does_not_claim_zero_tokens():
+    """The stats line of an answer that failed before any token says nothing of "0 tokens" or "prompt 0"."""
+    from vlassist.conversation import Stats
+    from vlassist.ui.chat import stats_caption
+
+    caption = stats_caption(Stats(stop_reason="error", error="out of memory"))
+    assert "0 tokens" not in caption and "prompt 0" not in caption
+    assert "prompt 12 (4 visual)" in stats_caption(Stats(stop_reason="eos", new_tokens=3, prompt_tokens=12,
+                                                          visual_tokens=4))

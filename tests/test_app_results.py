@@ -218,7 +218,8 @@ def test_free_answer_with_boxes_offers_the_boxes_view(app_env):
     """An answer without the grounding preset that holds boxes still gets the boxes view."""
     conversation, _ = insert_answer(app_env, BOX_ANSWERS["qwen2_5_vl"], preset=None)
     at = reopen(conversation)
-    assert len(at.chat_message[1].expander) == 1 and len(at.chat_message[1].dataframe) == 1
+    assert [e.label for e in at.chat_message[1].expander].count("Boxes view") == 1
+    assert len(at.chat_message[1].dataframe) == 1
 
 
 def test_zoom_in_asks_a_follow_up_with_the_full_resolution_crop(app_env):
@@ -309,6 +310,6 @@ def test_html_answer_from_history_shows_code_preview_and_download(app_env):
     page = '<!DOCTYPE html>\n<html><body><button style="color:red">Log in</button></body></html>'
     conversation, _ = insert_answer(app_env, f"Here it is:\n```html\n{page}\n```", preset="html")
     at = reopen(conversation)
-    assert at.chat_message[1].code[0].value == page
+    assert page in [c.value for c in at.chat_message[1].code]
     assert len(at.get("iframe")) == 1
     assert "Download HTML" in downloads(at)

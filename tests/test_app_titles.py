@@ -6,7 +6,7 @@ Through the page (AppTest on the tiny checkpoint) and through the conversation s
 from __future__ import annotations
 
 import pytest
-from conftest import ask_app, image_bytes, start_app, stored, use_app_env
+from conftest import ask_app, image_bytes, shown_verbatim, start_app, stored, use_app_env
 
 from vlassist.answers.prompts import PRESETS, grounding_prompt, preset_prompt
 from vlassist.conversation import GenerationOptions
@@ -31,7 +31,7 @@ def png(name: str) -> tuple[str, bytes, str]:
 def titles(at, data_dir) -> tuple[str, str]:
     """(the only stored conversation's title, the heading above the chat)."""
     [conversation] = stored(data_dir)
-    return conversation.title, at.subheader[0].value
+    return conversation.title, shown_verbatim(at, "vl-title")[0]
 
 
 def test_typed_question_is_the_title(app_env):
@@ -103,7 +103,7 @@ def test_a_made_title_can_still_be_renamed(app_env):
     [conversation] = stored(app_env)
     assert conversation.title == "Table · sheet.png"
     at.text_input(key=f"rename_{conversation.id}").input("March figures").run()
-    assert stored(app_env)[0].title == "March figures" and at.subheader[0].value == "March figures"
+    assert stored(app_env)[0].title == "March figures" and shown_verbatim(at, "vl-title")[0] == "March figures"
 
 
 @pytest.fixture

@@ -65,9 +65,19 @@ def ask(tab, question: str, image: bool = True) -> None:
     press_send(tab)
 
 
+# An answer's text in its bubble: the raw block while it streams (or when shown raw), else its rendered Markdown
+# (a Markdown element, not a button's or switch's label).
+ANSWER_TEXT = """m => {
+  const code = [...m.querySelectorAll('[data-testid="stCode"] code')].find(c => c.offsetParent !== null);
+  if (code) return code.innerText;
+  const shown = m.querySelector('[data-testid="stMarkdown"] [data-testid="stMarkdownContainer"]');
+  return shown ? shown.innerText : '';
+}"""
+
+
 def live_text(tab) -> str:
     """The text of the last answer on the page, as shown now."""
-    return tab.locator(ASSISTANT).last.locator('[data-testid="stMarkdownContainer"]').first.inner_text()
+    return tab.locator(ASSISTANT).last.evaluate(f"m => ({ANSWER_TEXT})(m)")
 
 
 def letters(text: str) -> str:
@@ -82,9 +92,8 @@ def letters(text: str) -> str:
 def wait_streaming(tab, at_least: int = 40) -> None:
     """Wait until the last answer shows at least `at_least` characters of text."""
     tab.wait_for_function(
-        """([sel, n]) => { const m = [...document.querySelectorAll(sel)].pop();
-             const t = m && m.querySelector('[data-testid="stMarkdownContainer"]');
-             return t && t.innerText.trim().length >= n; }""", arg=[ASSISTANT, at_least])
+        f"""([sel, n]) => {{ const m = [...document.querySelectorAll(sel)].pop();
+             return m && ({ANSWER_TEXT})(m).trim().length >= n; }}""", arg=[ASSISTANT, at_least])
 
 
 def conversation(data, title: str):

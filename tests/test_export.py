@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 from conftest import image_bytes
+from markdown_it import MarkdownIt
 
 from vlassist.conversation import Stats
 from vlassist.images import Sizing, load_image
@@ -38,7 +39,8 @@ def test_markdown_has_every_message_and_links_each_image(stored):
     _, conversation, _ = stored
     md = export.to_markdown(conversation)
     assert md.startswith("# Receipt check")
-    assert md.index("Read it") < md.index("TOTAL 12") < md.index("And these?") < md.index("half")
+    shown = MarkdownIt("commonmark").render(md)  # escapes in the Markdown are gone once a viewer shows it
+    assert shown.index("Read it") < shown.index("TOTAL 12") < shown.index("And these?") < shown.index("half")
     assert "## Assistant (interrupted)" in md
     for message in conversation.messages:
         for ref in message.images:
@@ -91,7 +93,7 @@ def test_failed_answer_gives_its_reason_in_markdown(tmp_path):
 
 
 def test_markdown_export_escapes_html_in_answers_titles_and_file_names():
-    """HTML and <script> in titles, answers and image names are escaped in Markdown; JSON keeps the text as is."""
+    """HTML and <script> in titles, answers and image names show as text in Markdown; JSON keeps the text as is."""
     import json
 
     from vlassist.images import Sizing
@@ -106,6 +108,7 @@ def test_markdown_export_escapes_html_in_answers_titles_and_file_names():
         StoredMessage(id=2, role="assistant", text=f"<img src=x onerror=alert(1)> {evil}", status="complete",
                       created_at=0.0)])
     md = to_markdown(conv)
-    assert "<script>" not in md and "<img" not in md and "&lt;script&gt;" in md
+    shown = MarkdownIt("commonmark").render(md)  # HTML on, as Markdown viewers have it
+    assert "<script>" not in shown and "<img src=x" not in shown and "&lt;script&gt;" in shown
     data = json.loads(to_json(conv))
     assert data["title"] == f"t {evil}" and data["messages"][1]["text"].startswith("<img src=x")

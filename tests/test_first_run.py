@@ -177,3 +177,20 @@ def test_browser_shows_no_model_found_and_the_server_never_loads_torch(browser, 
     finally:
         context.close()
         stop(proc, log)
+
+
+def test_setup_installs_the_vlassist_command_that_runs_from_any_folder(repo, tmp_path):
+    """setup.sh installs this checkout as the `vlassist` command in .venv/bin, which works from another folder."""
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    (repo / "README.md").write_text("readme\n")
+    (repo / "vlassist").mkdir()
+    (repo / "vlassist" / "__init__.py").write_text('__version__ = "0.0.1"\n')
+    (repo / "vlassist" / "__main__.py").write_text("def main(argv=None):\n    print('vlassist ran')\n    return 0\n")
+    result = setup(repo)
+    assert "installing the vlassist command" in result.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ran = subprocess.run([str(repo / ".venv" / "bin" / "vlassist")], cwd=elsewhere, capture_output=True, text=True,
+                         timeout=60, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert ran.returncode == 0 and ran.stdout.strip() == "vlassist ran", ran.stderr
+    assert "installing the vlassist command" not in setup(repo).stdout  # installed once

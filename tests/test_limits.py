@@ -36,22 +36,22 @@ def test_count_matches_the_encoded_prompt(engine):
 
 
 def test_limit_is_the_context_less_the_answer_or_the_cap(engine25):
-    """The prompt limit is min(context - max_new_tokens, cap); the tiny checkpoint's context is 4096."""
-    assert engine25.context_tokens == 4096
-    assert prompt_limit(engine25, GenerationOptions(max_new_tokens=1000), 16384) == 3096
+    """The prompt limit is min(context - max_new_tokens, cap); the tiny checkpoint's context is 16384."""
+    assert engine25.context_tokens == 16384
+    assert prompt_limit(engine25, GenerationOptions(max_new_tokens=1000), 16384) == 15384
     assert prompt_limit(engine25, GenerationOptions(max_new_tokens=1000), 2000) == 2000
 
 
 def test_huge_question_is_refused_with_size_limit_and_remedy(engine25):
     """A 200,000-character question is refused by the admission check, naming its size and the limit."""
     admit = context_admission(engine25, 16384, max_chars=10**7)
-    with pytest.raises(VlassistError, match=r"over the limit of 3,072.*shorten the question.*lower resolution"):
+    with pytest.raises(VlassistError, match=r"over the limit of 15,360.*shorten the question.*lower resolution"):
         admit(Request([Turn("user", "word " * 40_000)], options=GenerationOptions(max_new_tokens=1024)))
 
 
 def test_long_follow_up_suggests_a_new_conversation(engine25):
     """A follow-up over the limit says to start a new conversation; nothing is trimmed."""
-    turns = [Turn("user", "hi"), Turn("assistant", "long " * 3000), Turn("user", "and?")]
+    turns = [Turn("user", "hi"), Turn("assistant", "long " * 20000), Turn("user", "and?")]
     with pytest.raises(VlassistError, match="start a new conversation"):
         check_prompt(engine25, turns, SHORT, 16384)
 
@@ -90,9 +90,9 @@ def test_cli_refuses_a_long_question_in_one_line():
 def test_cli_refuses_a_follow_up_over_the_context(tiny_qwen25, png_file):
     """A follow-up that no longer fits the tiny model's context ends the CLI with exit 2 and one line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLASSIST_")}
-    env.update(VLASSIST_DEVICE="cpu")
+    env.update(VLASSIST_DEVICE="cpu", VLASSIST_MAX_QUESTION_CHARS="100000")  # the context refuses, not the cap
     done = subprocess.run([sys.executable, "-m", "vlassist", "ask", "--model", str(tiny_qwen25), str(png_file),
-                           "-p", "Describe", "-p", "word " * 3900, "--max-new-tokens", "4"], cwd=ROOT, env=env,
+                           "-p", "Describe", "-p", "word " * 4300, "--max-new-tokens", "4"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "start a new conversation" in done.stderr
@@ -129,3 +129,21 @@ def test_cli_refuses_a_200k_character_follow_up_under_8_gib(tiny_qwen25, png_fil
     assert done.returncode == 2, done.stderr
     assert done.stdout.strip()  # the first answer came
     assert done.stderr.count("\n") == 1 and "tokens" in done.stderr and "limit" in done.stderr
+
+
+def test_refusal_caused_by_the_answer_length_names_a_shorter_answer(engine25):
+    """When the prompt fits but not with room for the chosen answer length, the refusal says to choose a shorter
+    answer length (and how long fits), not to shorten the question."""
+    turns = [Turn("user", "word " * 3000)]
+    with pytest.raises(VlassistError, match=r"choose a shorter answer length \(up to [\d,]+ tokens fit\)") as caught:
+        check_prompt(engine25, turns, GenerationOptions(max_new_tokens=8192), 16384)
+    assert "shorten the question" not in str(caught.value)
+
+
+def test_tiny_context_holds_a_screenshot_a_follow_up_and_a_long_answer(engine25):
+    """The tiny checkpoint's context fits a 1920×1080 screenshot at the default detail, an earlier answer, a
+    follow-up question and room for a 2,048-token answer: the "try it without a model" path is not refused."""
+    options = GenerationOptions(max_new_tokens=2048)
+    turns = [Turn("user", "Read all the text in this screenshot.", [_img((1920, 1080))]),
+             Turn("assistant", "text " * 1024), Turn("user", "Now list the buttons you see.")]
+    check_prompt(engine25, turns, options, 16384)  # raises if refused

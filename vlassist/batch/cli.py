@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlassist.batch.inputs import DEFAULT_DPI, DPI_RANGE, Item, Loader, expand, parse_pages, plan_items
-from vlassist.batch.rows import FAILED, OK, Results, row_key
+from vlassist.batch.rows import FAILED, OK, TRUNCATED, Results, row_key
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions
 from vlassist.errors import VlassistError
@@ -42,7 +42,9 @@ def add_parser(sub, defaults: GenerationOptions) -> None:
     shape.add_argument("--template", help="extraction template: invoice, form, meter or table_rows")
     p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PDF rendering resolution (default {DEFAULT_DPI})")
     p.add_argument("--pages", help="PDF pages to answer, e.g. 1-3,7,10- (default: all)")
-    p.add_argument("--retry-failed", action="store_true", help="answer again the rows that failed in earlier runs")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="answer again the rows that failed or were cut at the answer length (truncated) in earlier "
+                   "runs; give the cut ones a larger --max-new-tokens")
     p.add_argument("--concurrency", type=int, default=1,
                    help="requests in flight on a remote backend (VLASSIST_BACKEND_URL); the local engine runs one")
     p.add_argument("--batch-size", type=int, metavar="N",
@@ -96,7 +98,7 @@ class Plan:
 
 def run_batch(args, settings: Settings, options: GenerationOptions, schema_text: str | None,
               prompt_for: Callable[[str], str]) -> int:
-    """Run the batch: 0 when every row is ok, 1 when any failed, 130 when interrupted (2 is raised as usage)."""
+    """Run the batch: 0 when every row is ok, 1 when any failed or was truncated, 130 when interrupted (2: usage)."""
     from vlassist.answers.schemas import boxes_schema_text
     from vlassist.batch.tasks import make_task
 
@@ -113,7 +115,7 @@ def run_batch(args, settings: Settings, options: GenerationOptions, schema_text:
     plan = Plan(task, family, model, answerer, items, keys)
     for item in items:
         status = results.status(keys[id(item)])
-        if status is None or (status == FAILED and args.retry_failed):
+        if status is None or (status in (FAILED, TRUNCATED) and args.retry_failed):
             plan.todo.append(item)
         else:
             plan.skipped += 1

@@ -13,18 +13,31 @@ from typing import Any
 
 from vlassist.errors import StorageError, VlassistError
 
-OK, FAILED = "ok", "failed"
+OK, FAILED, TRUNCATED = "ok", "failed", "truncated"  # truncated: the answer ended at the length limit
 CSV_EVERY_S = 2.0  # the CSV view is rewritten whole, so at most this often while rows arrive (and at the end)
 LEAD_COLUMNS = ("source", "page", "status", "error")
-TAIL_COLUMNS = ("sha256", "model", "task")
+TAIL_COLUMNS = ("truncated", "sha256", "model", "task")
 
 
 def make_row(source: str, sha256: str | None, page: int | None, dpi: int | None, task: str, model: str,
              answer: str = "", result: Any = None, stats: dict | None = None, error: str | None = None) -> dict:
-    """One row as written to JSONL: where it came from, what was asked, the answer, its parsed result, or the error."""
+    """One row as written to JSONL: where it came from, what was asked, the answer, its parsed result, or the error.
+
+    An answer that ended at the length limit is TRUNCATED whatever else is wrong with it: a longer answer length
+    is what would help, so that is the status a rerun with --retry-failed acts on.
+    """
+    cut = bool(stats) and stats.get("stop_reason") == "length"
     return {"source": source, "page": page, "dpi": dpi if page is not None else None, "sha256": sha256,
-            "task": task, "model": model, "status": FAILED if error else OK, "answer": answer, "result": result,
+            "task": task, "model": model, "status": TRUNCATED if cut else FAILED if error else OK,
+            "answer": answer, "result": result,
             "stats": stats, "error": error, "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def user_file_mode() -> int:
+    """The mode a new file of this user gets (0666 less the umask), for files written through a temporary one."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def row_key(sha256: str | None, source: str, page: int | None, dpi: int | None, task: str, model: str) -> tuple:
@@ -137,7 +150,8 @@ def _table(result: Any) -> tuple[list[str], list[list]] | None:
 def csv_records(row: dict) -> list[dict[str, Any]]:
     """A row's CSV lines: JSON fields as columns; a table (table_rows, table and chart presets) one line per row."""
     base = {"source": row.get("source"), "page": _cell(row.get("page")), "status": row.get("status"),
-            "error": _cell(row.get("error")), "sha256": row.get("sha256") or "", "model": row.get("model"),
+            "error": _cell(row.get("error")), "truncated": "yes" if row.get("status") == TRUNCATED else "no",
+            "sha256": row.get("sha256") or "", "model": row.get("model"),
             "task": row.get("task")}
     result = row.get("result")
     table = _table(result)
@@ -167,6 +181,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, user_file_mode())  # mkstemp makes 0600; the results are the user's ordinary file
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, columns, restval="", extrasaction="ignore")
             writer.writeheader()
@@ -193,7 +208,7 @@ class Results:
         self._csv_at = time.monotonic()
 
     def status(self, key: tuple) -> str | None:
-        """OK or FAILED for the last row of this key; None when it has none."""
+        """OK, FAILED or TRUNCATED for the last row of this key; None when it has none."""
         row = self.latest.get(key)
         return None if row is None else row.get("status")
 

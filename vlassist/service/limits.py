@@ -53,6 +53,12 @@ def check_prompt(answerer: Answerer, turns: Sequence[Turn], options: GenerationO
     tokens = count(turns, options)
     if tokens <= limit:
         return
+    context = getattr(answerer, "context_tokens", None)
+    if isinstance(context, int) and tokens <= max_prompt_tokens and tokens < context:
+        # The prompt itself fits: only the room kept for the answer does not, so a shorter answer is the remedy.
+        raise LimitError(f"this request needs {tokens:,} tokens (text and images), and with room for a "
+                         f"{options.max_new_tokens:,}-token answer it does not fit the model's {context:,}-token "
+                         f"context; choose a shorter answer length (up to {context - tokens:,} tokens fit)")
     followup = sum(turn.role == "user" for turn in turns) > 1
     remedy = ("start a new conversation (this one has grown too long), or shorten the question"
               if followup else "shorten the question")

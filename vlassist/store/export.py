@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import re
 import zipfile
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
+from vlassist.store.literal_markdown import literal_markdown, literal_text
 from vlassist.store.records import ImageRef, StoredConversation
 
 FetchImage = Callable[[str], "bytes | None"]
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
+# Answers whose whole text is data (read text, JSON, tables, a page, boxes): exported as one fence, as stored.
+RAW_PRESETS = frozenset({"ocr", "json", "table", "chart", "html", "grounding"})
 FORMAT_VERSION = 2  # 2: the model beside the stats, not inside them; each image's model-input size
 
 
@@ -30,12 +32,15 @@ def slug(title: str) -> str:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    """Local time with its offset from UTC, e.g. 2026-12-04 23:05 +01:00."""
+    moment = datetime.fromtimestamp(ts).astimezone()
+    offset = moment.strftime("%z")
+    return f"{moment:%Y-%m-%d %H:%M} {offset[:3]}:{offset[3:]}"
 
 
 def _safe(text: str) -> str:
-    # Markdown viewers render inline HTML: answers, titles and file names must show as text, never run.
-    return html.escape(text, quote=False)
+    # Markdown viewers render inline HTML and emphasis: titles and file names must show as typed, never run.
+    return literal_text(" ".join(text.split("\n")))
 
 
 def to_markdown(conversation: StoredConversation, image_link: Callable[[ImageRef], str] | None = None) -> str:
@@ -52,7 +57,8 @@ def to_markdown(conversation: StoredConversation, image_link: Callable[[ImageRef
             lines.append(f"*{_safe(ref.name)}: {ref.width}×{ref.height} {ref.format}*")
             lines.append("")
         if message.text:
-            lines += [_safe(message.text), ""]
+            raw = message.role == "assistant" and message.preset in RAW_PRESETS
+            lines += [literal_markdown(message.text, raw=raw), ""]
         if message.status == "error" and message.stats and message.stats.error:
             lines += [f"> Error: {_safe(message.stats.error)}", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -34,6 +34,7 @@ from vlassist.store.schema import (
     Image,
     Message,
     MessageImage,
+    UserSettings,
     empty_engine,
     match_sizes,
     migrate,
@@ -165,6 +166,19 @@ class OwnerStore:
     def _owned(self, session: Session, conversation_id: int) -> Conversation | None:
         return session.scalars(select(Conversation).where(
             Conversation.id == conversation_id, Conversation.owner == self.owner)).first()
+
+    @guarded
+    def get_settings(self) -> dict:
+        """This owner's saved page settings ({} when none were saved)."""
+        with Session(self._reads) as session:
+            row = session.get(UserSettings, self.owner)
+            return dict(row.values) if row is not None and isinstance(row.values, dict) else {}
+
+    @guarded(write=True)
+    def save_settings(self, values: dict) -> None:
+        """Replace this owner's saved page settings."""
+        with Session(self.engine) as session, session.begin():
+            session.merge(UserSettings(owner=self.owner, values=dict(values), updated_at=time.time()))
 
     # ---- conversations ----
 

@@ -99,6 +99,15 @@ class MessageImage(Base):
     visual_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)  # since 003
 
 
+class UserSettings(Base):
+    """One owner's page settings (answer length, image detail, decoding), kept across reloads; since 004."""
+
+    __tablename__ = "user_settings"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    values: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class Migration(Base):
     """A migration applied to this database, by name."""
 
@@ -205,6 +214,8 @@ def _m004_conversation_ids_never_reused(conn: Connection) -> None:
         index.create(conn)
     if conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
         raise RuntimeError("the rebuilt conversations table breaks a foreign key")
+def _m005_user_settings(conn: Connection) -> None:
+    Base.metadata.create_all(conn, tables=[UserSettings.__table__])
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
@@ -212,6 +223,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_message_model", _m002_message_model),
     ("003_image_sizes", _m003_image_sizes),
     ("004_conversation_ids_never_reused", _m004_conversation_ids_never_reused),
+    ("005_user_settings", _m005_user_settings),
 ]
 TABLE_REBUILDS = {"004_conversation_ids_never_reused"}  # steps run with foreign keys off
 SCHEMA_VERSION = len(MIGRATIONS)

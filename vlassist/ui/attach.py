@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 
 import streamlit as st
 
@@ -23,6 +25,8 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
 FILE_TYPES = [*IMAGE_TYPES, "pdf"]
 TRAY_KEY = "attached"  # list[Attachment], in the order they were attached
 GENERATION_KEY = "attach_generation"  # part of the uploader's key: a new number is a new, empty uploader
+DRAFTS_KEY = "attach_drafts"  # conversation id (None: a new one) → its files left in the attach area
+PASTE_NAMES = frozenset({"image.png", "image.jpeg", "image.jpg", "image.gif", "image.webp"})  # browsers' paste names
 PROBLEMS_KEY = "attach_problems"  # refusals of the files just dropped, shown once beside the uploader
 PREVIEW_SIDE = 140  # px, the longer side of a preview: four in a row, a page no taller than its caption
 COLUMNS = 4
@@ -121,6 +125,23 @@ def add(item: Attachment) -> None:
     tray = _tray()
     if all(other.key != item.key for other in tray):
         tray.append(item)
+
+
+def switch_conversation(leaving: int | None, opening: int | None) -> None:
+    """Keep the attach area's files with the conversation they were added in; bring back the opened one's."""
+    drafts = st.session_state.setdefault(DRAFTS_KEY, {})
+    if leaving != opening:
+        drafts[leaving] = _tray()
+        st.session_state[TRAY_KEY] = drafts.pop(opening, [])
+        st.session_state.pop(PROBLEMS_KEY, None)
+        st.session_state[GENERATION_KEY] = st.session_state.get(GENERATION_KEY, 0) + 1
+
+
+def pasted_name(name: str, when: datetime | None = None) -> str:
+    """A pasted screenshot's name: browsers call every paste "image.png", so it is named by the time it came."""
+    if name.lower() not in PASTE_NAMES:
+        return name
+    return f"Pasted {(when or datetime.now()):%Y-%m-%d %H.%M.%S}{Path(name).suffix.lower()}"
 
 
 def clear() -> None:

@@ -17,7 +17,7 @@ from vlassist.images import LoadedImage, load_image
 from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
-from vlassist.ui import attach, live, tasks
+from vlassist.ui import attach, live, tasks, verbatim
 from vlassist.ui.results import guess_view, render_view
 
 CHAT_KEY = tasks.CHAT_KEY
@@ -54,15 +54,15 @@ def flash(kind: str, text: str) -> None:
 
 
 def show_flash() -> None:
-    """Show, once, a message left by the previous run: where it is called (just above the chat box) and as a toast.
+    """Show, once, a message left by the previous run, where it is called: inline, just above the chat box.
 
-    A refusal is read where the user just typed, not at the top of a long conversation scrolled out of view.
+    A refusal is read where the user just typed, not at the top of a long conversation scrolled out of view; it is
+    shown in that one place (a toast on top of it would say the same thing twice and cover the page).
     """
     item = st.session_state.pop("flash", None)
     if item:
         kind, text = item
         getattr(st, kind)(text, icon=FLASH_ICONS.get(kind))
-        st.toast(text, icon=FLASH_ICONS.get(kind), duration="long")
 
 
 def restore_pending_text() -> None:
@@ -82,8 +82,9 @@ def stats_caption(stats: Stats | None) -> str:
     if stats.new_tokens:
         parts.append(f"first token {stats.ttft_s:.2f} s")
         parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
-    parts.append(f"{stats.new_tokens} tokens")
-    parts.append(f"prompt {stats.prompt_tokens} ({stats.visual_tokens} visual)")
+    if stats.new_tokens or stats.prompt_tokens:  # a failed answer that never started counted nothing: say nothing
+        parts.append(f"{stats.new_tokens} tokens")
+        parts.append(f"prompt {stats.prompt_tokens} ({stats.visual_tokens} visual)")
     if stats.total_s:
         parts.append(f"{stats.total_s:.1f} s total")
     if stats.stop_reason == "length":
@@ -98,6 +99,12 @@ def image_caption(name: str, size: tuple[int, int], fmt: str, engine, options: G
     return f"{name} · {w}×{h} {fmt} → model sees {iw}×{ih} ({sizing.visual_tokens} visual tokens)"
 
 
+def stored_image_caption(ref: ImageRef) -> str:
+    """Original size and format, and the size and visual tokens stored with the answer (whatever model runs now)."""
+    (w, h), (iw, ih) = ref.size, ref.sizing.input_size
+    return (f"{ref.name} · {w}×{h} {ref.format} → model saw {iw}×{ih} ({ref.sizing.visual_tokens} visual tokens)")
+
+
 # ---- rendering ----
 
 def render_images(refs, store: OwnerStore, engine, options: GenerationOptions) -> None:
@@ -108,7 +115,8 @@ def render_images(refs, store: OwnerStore, engine, options: GenerationOptions) -
     for i, ref in enumerate(refs):
         with columns[i % len(columns)]:
             thumb = store.thumbnail(ref.sha256)
-            caption = image_caption(ref.name, ref.size, ref.format, engine, options)
+            caption = stored_image_caption(ref) if ref.sizing else image_caption(ref.name, ref.size, ref.format,
+                                                                                  engine, options)
             if thumb:
                 st.image(thumb, caption=caption)
             else:
@@ -120,7 +128,7 @@ def render_user_message(message: StoredMessage, store: OwnerStore, engine, optio
     with st.chat_message("user"):
         render_images(message.images, store, engine, options)
         if message.text:
-            st.markdown(message.text)
+            verbatim.show_plain(message.text, css_class="vl-question")
 
 
 def render_assistant_message(message: StoredMessage,
@@ -139,9 +147,9 @@ def render_assistant_message(message: StoredMessage,
                 if shown and message.status == "complete" and _stop_reason(message) not in ("length", "stopped"):
                     # The view (table, fields, boxes, page) already shows what the text says: keep it one click away.
                     with st.expander("Answer text", expanded=False, icon=":material/notes:"):
-                        st.markdown(message.text)
+                        verbatim.render_answer_text(message.text, message.preset, f"msg{message.id}")
                 else:
-                    st.markdown(message.text)
+                    verbatim.render_answer_text(message.text, message.preset, f"msg{message.id}")
         if message.status == "interrupted":
             st.caption(":material/stop_circle: Stopped — partial answer")
         elif message.status == "error":
@@ -251,7 +259,7 @@ def read_attachments(files) -> tuple[list[NewImage], list[str]]:
     images, problems = [], []
     for upload in files:
         try:
-            item = attach.open_file(upload.name, upload.getvalue())
+            item = attach.open_file(attach.pasted_name(upload.name), upload.getvalue())
             if item.image:
                 images.append(item.image)
             elif item.pages > attach.MAX_PAGES:

@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run `streamlit run qwen_vl_app.py` with the given extra options, lookups disabled and the CSP sent."""
     from streamlit.web import cli
 
+    from vlassist.ui import readiness
+
     keep_local()
     send_csp()
+    readiness.install_route()  # GET /_vlassist/ready; the model starts loading with the server
     return cli.main(["run", str(APP), *(sys.argv[1:] if argv is None else argv)], prog_name="streamlit")
 
 

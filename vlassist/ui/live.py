@@ -17,6 +17,7 @@ import streamlit as st
 
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
+from vlassist.ui import verbatim
 
 POLL_S = 0.15  # how often placeholders are checked; they are redrawn only when what they show has changed
 THINKING = "Thinking…"  # shown from the moment a job starts until its first token
@@ -55,7 +56,7 @@ def _draw(body, view: tuple) -> None:
     elif kind == "thinking":
         body.markdown(f":gray[:material/progress_activity: {text}]")
     else:
-        body.markdown(text)
+        verbatim.show_raw(text, where=body)  # as written so far, never read as Markdown
 
 
 def render_job(service: AnswerService, job: Job, device: str) -> LiveAnswer:
@@ -71,7 +72,7 @@ def render_job(service: AnswerService, job: Job, device: str) -> LiveAnswer:
 def render_unsaved(job: Job) -> None:
     """An answer that ended but whose final text the history did not take (e.g. the disk filled up)."""
     with st.chat_message("assistant"):
-        st.markdown(job.text)
+        verbatim.show_raw(job.text)
         st.warning("This answer could not be saved to the history; copy it if you need it.")
 
 
@@ -79,7 +80,7 @@ def render_orphan(text: str) -> None:
     """A stored answer marked running that no job of this server process fills in (another process writes it)."""
     with st.chat_message("assistant"):
         if text:
-            st.markdown(text)
+            verbatim.show_raw(text)
         st.caption("Being written by another vlassist process; reload to see more.")
 
 

@@ -10,9 +10,18 @@ from vlassist.errors import StorageError
 from vlassist.service.answering import AnswerService
 from vlassist.store import export
 from vlassist.store.history import OwnerStore, StoredConversation
+from vlassist.ui import attach
 from vlassist.ui.chat import CONVERSATION_KEY, flash
 from vlassist.ui.tasks import PRESET_KEY
+from vlassist.ui.verbatim import escape_markdown, show_plain
 
+# History entries: one left-aligned line cut with an ellipsis; spaces and tabs of a title kept as typed.
+_LIST_STYLE = """<style>
+.st-key-history_list button { justify-content: flex-start; text-align: left; }
+.st-key-history_list button > div { min-width: 0; max-width: 100%; }
+.st-key-history_list button [data-testid="stMarkdownContainer"] p {
+  white-space: pre; overflow: hidden; text-overflow: ellipsis; text-align: left; }
+</style>"""
 LIST_HEIGHT = 360  # px: the history list scrolls inside this, so Settings and Model status stay in reach
 PICKED_KEY = "picked_conversation"  # set for the run after a pick: narrow screens close the sidebar then
 PICKS_KEY = "conversation_picks"  # counts picks, so each close script differs from the last and runs again
@@ -28,6 +37,7 @@ _CLOSE_SCRIPT = """<script data-pick="{pick}">{{
 
 
 def _open(conversation_id: int | None) -> None:
+    attach.switch_conversation(st.session_state.get(CONVERSATION_KEY), conversation_id)  # drafts stay where made
     st.session_state[CONVERSATION_KEY] = conversation_id
     st.session_state.pop(PRESET_KEY, None)
     st.session_state[PICKED_KEY] = True
@@ -56,10 +66,11 @@ def render_conversation_list(store: OwnerStore) -> None:
     if not conversations:
         st.caption("No matches." if search.strip() else "No conversations yet.")
         return
+    st.html(_LIST_STYLE)
     with st.container(height=min(LIST_HEIGHT, 48 * len(conversations) + 16), border=False, key="history_list"):
         for item in conversations:
-            st.button(f"{item.title}  ·  {_when(item.updated_at)}", key=f"open_{item.id}", on_click=_open,
-                      args=(item.id,), type="primary" if item.id == current else "secondary",
+            st.button(f"{escape_markdown(item.title)}  ·  {_when(item.updated_at)}", key=f"open_{item.id}",
+                      on_click=_open, args=(item.id,), type="primary" if item.id == current else "secondary",
                       width="stretch")
 
 
@@ -88,7 +99,8 @@ def render_title_bar(store: OwnerStore, service: AnswerService, conversation: St
         st.subheader("New conversation")
         return
     left, right = st.columns([12, 1], vertical_alignment="center")
-    left.subheader(conversation.title)
+    with left:
+        show_plain(conversation.title, tag="h3", css_class="vl-title")
     with right:
         render_conversation_actions(store, service, conversation)
 

@@ -77,7 +77,9 @@ def render_task_options(family: str) -> None:
                       on_change=_retarget, args=(family,),
                       help="Rewrites the prompt in the phrasing this model family was trained on.")
         if boxes_schema(family) is not None:
-            st.checkbox("Strict box list", key="grounding_strict", value=True,
+            # Its default goes in through session state: a value= beside a kept state makes Streamlit warn.
+            st.session_state.setdefault("grounding_strict", True)
+            st.checkbox("Strict box list", key="grounding_strict",
                         help="Constrain the answer to a JSON list of boxes and labels, so it always parses into "
                              "boxes. Turn off for a server that cannot follow a JSON Schema.")
 
