@@ -6,6 +6,8 @@ import re
 
 import streamlit as st
 
+from vlassist.answers.offline_markdown import offline_markdown
+
 # Streamlit's Markdown adds colour/badge directives (`:red[…]`), icons and emoji shortcodes (`:material/x:`)
 # and maths (`$…$`): none of them is Markdown a model means, so their markers are shown as typed.
 _STREAMLIT_EXTRAS = re.compile(r"(:(?=[A-Za-z/_-]+[\[:])|\$)")
@@ -19,5 +21,6 @@ def neutralise_streamlit_extras(text: str) -> str:
 
 
 def render_markdown(text: str) -> None:
-    """Draw `text` as Markdown (CommonMark + tables), with Streamlit's own extensions shown literally."""
-    st.markdown(neutralise_streamlit_extras(text))
+    """Draw `text` as Markdown (CommonMark + tables), with Streamlit's own extensions shown literally and no image
+    or link that could make the browser reach another host."""
+    st.markdown(neutralise_streamlit_extras(offline_markdown(text)))
