@@ -73,7 +73,8 @@ def _copy(tab, answer) -> str:
     block.scroll_into_view_if_needed()
     tab.mouse.move(0, 0)  # the copy button shows when the pointer enters the block: leave it first
     block.hover()  # the block's toolbar (its copy button) is shown while the pointer is over it
-    block.locator('button[aria-label="Copy to clipboard"]').click()
+    # The button's own click handler, also when the toolbar fades out between the hover and the press.
+    block.locator('button[aria-label="Copy to clipboard"]').dispatch_event("click")
     tab.wait_for_function("() => navigator.clipboard.readText().then(t => t !== '(nothing copied)')")
     return tab.evaluate("() => navigator.clipboard.readText()")
 
