@@ -25,4 +25,4 @@ def test_settings_are_saved_per_user_and_survive_reopening(tmp_path):
 def test_settings_table_comes_from_a_named_migration():
     """The settings table is added by its own named step at the end of the ordered migrations."""
     names = [name for name, _ in MIGRATIONS]
-    assert "004_user_settings" in names and names.index("004_user_settings") == 3
+    assert "005_user_settings" in names and names.index("005_user_settings") == 4
