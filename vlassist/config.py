@@ -45,6 +45,8 @@ class Settings:
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
     models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
+    parallel: int = 0  # answers decoded together by the local engine; 0: from the memory budget (1 on the CPU)
+    prefill_chunk: int = 512  # prompt tokens prefilled between two decode steps of the answers already running
 
     @property
     def models_root(self) -> Path:
@@ -117,4 +119,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_family=backend_family,
         models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
+        parallel=_number(env, "VLASSIST_PARALLEL", int, 0, 0, 256),
+        prefill_chunk=_number(env, "VLASSIST_PREFILL_CHUNK", int, 512, 16, 1_048_576),
     )

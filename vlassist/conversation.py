@@ -36,6 +36,7 @@ class GenerationOptions:
     seed: int | None = None
     use_cache: bool = True  # reuse prefix KV caches across turns where the engine can
     json_schema: str | None = None  # constrain the answer to JSON valid against this JSON Schema (text)
+    stop_strings: tuple[str, ...] = ()  # the answer ends once its text contains one of these (it is kept in)
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for transformers' generate() that select the decoding strategy."""
@@ -46,7 +47,7 @@ class GenerationOptions:
                 "repetition_penalty": self.repetition_penalty}
 
 
-StopReason = Literal["eos", "length", "stopped", "error"]
+StopReason = Literal["eos", "length", "stopped", "error", "stop_string"]
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Stats:
     stop_reason: StopReason = "eos"
     images: list[Sizing] = field(default_factory=list)
     error: str | None = None
+    batch_rows: int = 1  # the most answers that shared one of this answer's decode steps (continuous batching)
 
     def to_dict(self) -> dict:
         """Plain-JSON form for storage and `--json-stats`."""
