@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -90,8 +91,9 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness, with the queue's length (no key needed: load balancers poll it)."""
-        return {"status": "ok", "model": model_id, "queued": service.queued}
+        """Liveness, with the queue's length and the answers running (no key needed: load balancers poll it)."""
+        return {"status": "ok", "model": model_id, "queued": service.queued, "answering": service.answering,
+                "slots": service.slots}
 
     @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList)
     async def models() -> ModelList:
@@ -104,17 +106,32 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
         """Answer a conversation; `stream: true` sends OpenAI chunks as server-sent events, then `[DONE]`."""
         stops = convert.stop_strings(body)
 
-        def queue() -> Job:
+        def queue() -> list[Job]:
             turns, details = convert.to_turns(body)
+            # The engine ends a row at a stop string too, so its slot frees at once; the cutter trims the text.
+            options = dataclasses.replace(convert.to_options(body, details, settings), stop_strings=tuple(stops))
             try:
-                return service.submit(JobRequest(turns, convert.to_options(body, details, settings)))
+                if body.n > 1:
+                    return service.submit_choices(JobRequest(turns, options), body.n)
+                return [service.submit(JobRequest(turns, options))]
             except VlassistError as exc:
                 raise _admission_error(exc) from None
 
         # Decoding images and counting the prompt's tokens are CPU work (on untrusted bytes): off the event loop,
         # in one hop, so the job is queued the moment its images are ready.
-        job = await run_in_threadpool(queue)
-        answer = _Answer(service, job, request, StopCutter(stops), model_id, family, body)
+        jobs = await run_in_threadpool(queue)
+        if len(jobs) > 1:
+            answers = [_Answer(service, job, request, StopCutter(stops), model_id, family, body, index)
+                       for index, job in enumerate(jobs)]
+            choices = _Choices(answers)
+            if body.stream:
+                return StreamingResponse(choices.events(), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            try:
+                return await choices.whole()
+            except _ClientGone:
+                return JSONResponse({}, status_code=499)
+        answer = _Answer(service, jobs[0], request, StopCutter(stops), model_id, family, body)
         if body.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -130,9 +147,9 @@ class _Answer:
     """One request's job seen from the event loop: its text as it grows, stop strings, the response bodies."""
 
     def __init__(self, service: AnswerService, job: Job, request: Request, cutter: StopCutter, model: str,
-                 family: str, body: ChatRequest):
+                 family: str, body: ChatRequest, index: int = 0):
         self.service, self.job, self.request, self.cutter = service, job, request, cutter
-        self.model, self.family, self.body = model, family, body
+        self.model, self.family, self.body, self.index = model, family, body, index
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.text = ""
@@ -211,16 +228,21 @@ class _Answer:
             raise error
         reason = convert.finish_reason(self.job.stats, self.cutter.hit)
         return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=self._usage(),
-                              choices=[Choice(message=AssistantMessage(content=self.text), finish_reason=reason)],
+                              choices=[Choice(index=self.index, message=AssistantMessage(content=self.text),
+                                              finish_reason=reason)],
                               vlassist=self._extension())
 
     def _chunk(self, delta: Delta, finish: str | None = None, **extra) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                    choices=[ChunkChoice(delta=delta, finish_reason=finish)], **extra)
+                                    choices=[ChunkChoice(index=self.index, delta=delta, finish_reason=finish)],
+                                    **extra)
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
-    async def events(self) -> AsyncIterator[str]:
-        """Server-sent events: a role chunk, text chunks, a finish chunk with the extension, usage, `[DONE]`."""
+    async def events(self, last: bool = True) -> AsyncIterator[str]:
+        """Server-sent events: a role chunk, text chunks, a finish chunk with the extension, usage, `[DONE]`.
+
+        With `last` false (one of n choices) the usage chunk and `[DONE]` are left to the caller.
+        """
         try:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
@@ -232,13 +254,72 @@ class _Answer:
                 reason = convert.finish_reason(self.job.stats, self.cutter.hit)
                 closing = self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
-                if options is not None and options.include_usage:
+                if last and options is not None and options.include_usage:
                     usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
                                                 usage=self._usage())
                     closing += f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
-            yield closing + "data: [DONE]\n\n"
+            yield closing + "data: [DONE]\n\n" if last else closing
         except _ClientGone:
             return
         finally:
             # However the stream ends (client gone, server cancelled the task), the job must not keep the model.
             self.service.cancel(self.job.id)
+
+
+class _Choices:
+    """The n answers of one request (one job each, one prefill), merged into one response or one event stream."""
+
+    def __init__(self, answers: list[_Answer]):
+        self.answers = answers
+        for answer in answers[1:]:
+            answer.id, answer.created = answers[0].id, answers[0].created  # one completion, n choices
+
+    def _usage(self) -> Usage:
+        prompt = self.answers[0].job.stats.prompt_tokens
+        completion = sum(answer.job.stats.new_tokens for answer in self.answers)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    async def whole(self) -> ChatCompletion:
+        """Every choice complete, in one response body; the extension is the first choice's."""
+        try:
+            done = await asyncio.gather(*(answer.whole() for answer in self.answers))
+        finally:
+            for answer in self.answers:
+                answer.service.cancel(answer.job.id)
+        first = done[0]
+        return ChatCompletion(id=first.id, created=first.created, model=first.model, usage=self._usage(),
+                              choices=[c for body in done for c in body.choices], vlassist=first.vlassist)
+
+    async def events(self) -> AsyncIterator[str]:
+        """Every choice's events as they come (each chunk names its choice), then usage and one `[DONE]`."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def pump(answer: _Answer) -> None:
+            try:
+                async for event in answer.events(last=False):
+                    await queue.put(event)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(pump(answer)) for answer in self.answers]
+        try:
+            left = len(tasks)
+            while left:
+                event = await queue.get()
+                if event is None:
+                    left -= 1
+                else:
+                    yield event
+            closing = ""
+            first = self.answers[0]
+            options = first.body.stream_options
+            if options is not None and options.include_usage:
+                usage = ChatCompletionChunk(id=first.id, created=first.created, model=first.model, choices=[],
+                                            usage=self._usage())
+                closing = f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
+            yield closing + "data: [DONE]\n\n"
+        finally:
+            for task in tasks:
+                task.cancel()
+            for answer in self.answers:
+                answer.service.cancel(answer.job.id)

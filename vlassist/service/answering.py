@@ -172,6 +172,12 @@ class AnswerService:
             return bool(self._active)
 
     @property
+    def answering(self) -> int:
+        """How many jobs run right now (at most `slots`)."""
+        with self._lock:
+            return len(self._active)
+
+    @property
     def queued(self) -> int:
         """How many jobs wait to start."""
         with self._lock:
@@ -296,7 +302,6 @@ class AnswerService:
 
     def _run(self, job: Job, answerer: Answerer) -> None:
         job._start()
-        sink = job.request.sink
         try:
             reply = answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
             self._pump(job, reply)
