@@ -21,7 +21,7 @@ SLOTS = 4
 def server(tiny_qwen25, tmp_path_factory):
     """One serve process on the tiny Qwen2.5-VL checkpoint decoding up to four answers together."""
     proc, url = start_serve(tiny_qwen25, tmp_path_factory.mktemp("api") / "serve.log", VLASSIST_API_KEY=API_KEY,
-                            VLASSIST_PARALLEL=str(SLOTS))
+                            VLASSIST_PARALLEL=str(SLOTS), VLASSIST_CPU_THREADS="1")
     yield url
     stop_serve(proc)
 

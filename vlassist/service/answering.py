@@ -144,6 +144,8 @@ class AnswerService:
                 index = self._queue.index(job)
             except ValueError:
                 return 0
+            if self._follows_another(index):  # it waits for its own conversation's earlier answer
+                return index + 1
             free = self.slots - len(self._active)
             return 0 if index < free else index - max(free, 0) + 1
 
@@ -253,11 +255,12 @@ class AnswerService:
         runners: list[threading.Thread] = []
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: (self._queue and self._paused is None and self._can_start())
+                self._wake.wait_for(lambda: (self._queue and self._paused is None and self._next() is not None)
                                     or (self._closed and not self._queue))
                 if self._closed and not self._queue:
                     break
-                job = self._queue.popleft()
+                job = self._queue[self._next()]
+                self._queue.remove(job)
                 answerer = self.answerer  # the job runs to its end on this one, even if it is replaced meanwhile
                 # The rest of its group (those not cancelled while queued) leaves the queue with it.
                 group = [job] + [j for j in self._groups.get(job.id, ()) if j in self._queue and j is not job]
@@ -271,12 +274,28 @@ class AnswerService:
         for runner in runners:
             runner.join()
 
-    def _can_start(self) -> bool:
-        """True if the next job (and its group) can start: a free slot, or nothing running at all."""
-        if not self._active:
-            return True
-        group = self._groups.get(self._queue[0].id, ())
-        return len(self._active) + min(max(len(group), 1), self.slots) <= self.slots
+    def _next(self) -> int | None:
+        """Index of the queued job to start now (the oldest one that may), or None while none can."""
+        # Answers of one conversation run in order (a follow-up is built on the answer before it); others overtake
+        # a waiting follow-up rather than leave a slot idle.
+        for index, job in enumerate(self._queue):
+            if self._follows_another(index):
+                continue
+            group = self._groups.get(job.id, ())
+            need = min(max(len(group), 1), self.slots)
+            return index if not self._active or len(self._active) + need <= self.slots else None
+        return None
+
+    def _follows_another(self, index: int) -> bool:
+        """True if the queued job at `index` must wait for an earlier answer of its conversation to end."""
+        job = self._queue[index]
+        conversation = job.request.conversation_id
+        if conversation is None:
+            return False
+        group = self._groups.get(job.id, ())
+        earlier = [j for j in self._active if j not in group]
+        earlier += [j for j in list(self._queue)[:index] if j not in group]
+        return any(j.request.conversation_id == conversation for j in earlier)
 
     def _run_unit(self, group: list[Job], answerer: Answerer) -> None:
         """Run one job, a submit_group or n choices to its end on this runner thread, then free their slots."""
