@@ -26,6 +26,18 @@ def server(tiny_qwen25, tmp_path_factory):
     stop(proc, log)
 
 
+def shorter(tab, tokens: str) -> None:
+    """Lower the answer-length slider of a tab whose settings are already open."""
+    slider = tab.locator('[data-testid="stSlider"]', has_text="Answer length").get_by_role("slider")
+    slider.focus()
+    slider.press("Home")
+    for _ in range(20):
+        if slider.get_attribute("aria-valuetext") == tokens:
+            return
+        slider.press("ArrowRight")
+    raise AssertionError(f"the answer-length slider has no {tokens}")
+
+
 def finished(tab) -> bool:
     """True once the tab's last answer shows its stats line (it is stored complete)."""
     return tab.locator(ASSISTANT).last.get_by_text(FINISHED).count() > 0
@@ -51,6 +63,7 @@ def test_four_tabs_stream_at_the_same_time_and_each_is_stored_whole(browser, ser
             """([sel, n]) => { const m = [...document.querySelectorAll(sel)].pop();
                  return m && m.innerText.length > n + 20; }""", arg=[ASSISTANT, before])
     first = tabs[0][1]
+    shorter(first, "128")
     ask(first, "A follow-up sent mid-answer", image=False)
     first.get_by_text("position 1 in the queue").wait_for(timeout=20_000)  # behind its own conversation's answer
     assert first.locator(USER).count() == 2
@@ -64,6 +77,6 @@ def test_four_tabs_stream_at_the_same_time_and_each_is_stored_whole(browser, ser
         expected = ["user", "assistant", "user", "assistant"] if tab is first else ["user", "assistant"]
         assert roles(conv) == expected and all(m.status == "complete" for m in conv.messages[1::2])
         shown_text = tab.locator(ASSISTANT).nth(0).locator('[data-testid="stMarkdownContainer"]').first.inner_text()
-        assert letters(conv.messages[1].content)[:200] == letters(shown_text)[:200]
+        assert letters(conv.messages[1].text)[:200] == letters(shown_text)[:200]
         assert tab.locator(ASSISTANT).nth(0).get_by_text("decoded together with").count() == 1
         context.close()
