@@ -228,3 +228,24 @@ def test_an_abandoned_stream_frees_its_slot(batching):
     other = engine.stream(convs[1], GenerationOptions(max_new_tokens=10, min_new_tokens=10))
     other.consume()
     assert other.stats.new_tokens == 10 and not engine.scheduler.busy
+
+
+def test_a_lone_row_decodes_in_the_static_buffers_until_another_joins(static_engine):
+    """A lone row steps in the static buffers; when a second row joins, its K/V move to the batch, ids unchanged."""
+    engine = static_engine
+    scheduler = Scheduler(engine, slots=4, room_tokens=None, chunk_tokens=64, start=False)
+    convs = conversations()[:2]
+    options = GenerationOptions(max_new_tokens=24, min_new_tokens=24)
+    expected = [alone(engine, turns, options) for turns in convs]
+    engine.prefixes.clear()
+    gens = [generate.prepare(engine, turns, options) for turns in convs]
+    first = scheduler.submit(gens[0])[0]
+    run_until(scheduler, lambda: len(first.answer) >= 6)
+    assert scheduler.solo is not None  # alone: the static buffers' step
+    second = scheduler.submit(gens[1])[0]
+    run_until(scheduler, lambda: second.index > 0)
+    assert scheduler.solo is None and scheduler.cache is not None  # two rows: the batched cache
+    run_until(scheduler, lambda: first.done.is_set() and second.done.is_set())
+    for want, gen in zip(expected, gens):
+        assert torch.equal(want, gen.output)
+    engine.prefixes.clear()

@@ -49,6 +49,9 @@ class Scheduler:
         self.cache = None  # the batched DynamicCache: per layer (B, kv_heads, K, head_dim)
         self.mask: torch.Tensor | None = None  # (B, K): False on each row's left padding
         self.steps = 0  # decode steps run, for benchmarks
+        # A lone row decodes in the engine's static buffers (the captured graph step on CUDA) until a second row
+        # joins; then its K/V move into the batched cache. The decoder is kept here: an upgrade may swap the engine's.
+        self.solo = None
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="vlassist-batch", daemon=True)
@@ -250,6 +253,15 @@ class Scheduler:
     def _join(self, row: Row, layers) -> None:
         """Put the row's prompt K/V into the batched cache, right-aligned; the other rows are padded if shorter."""
         length = row.index
+        fast = self.engine.fast
+        if not self._live and fast is not None and fast.fits(row.gen.total):
+            fast.start(new_cache(self.engine.model, layers, length), length, row.gen.total)
+            self.solo = fast
+            with self._wake:
+                self._live.append(row)
+            return
+        if self.solo is not None:
+            self._unsolo()
         if not self._live:
             self.cache = new_cache(self.engine.model, layers, length)
             self.mask = torch.ones(1, length, dtype=torch.bool, device=layers[0][0].device)
@@ -268,6 +280,19 @@ class Scheduler:
         with self._wake:
             self._live.append(row)
 
+    def _unsolo(self) -> None:
+        """Move the lone row's K/V out of the static buffers into a batched cache of one row."""
+        row = self._live[0]
+        self.cache = new_cache(self.engine.model, self.solo.layers(row.index), row.index)
+        self.mask = torch.ones(1, row.index, dtype=torch.bool, device=row.sequence.device)
+        self.solo = None
+
+    def _solo_step(self) -> torch.Tensor:
+        """The lone row's next logits (1, V) from the static buffers' step."""
+        row = self._live[0]
+        token = row.sequence.new_tensor([row.answer[-1]])
+        return self.solo.step(token, row.index, row.gen.delta)
+
     def _step(self) -> None:
         """One decode step for every live row; rows that end (or were cancelled) leave the batch."""
         cancelled = [i for i, row in enumerate(self._live) if row.gen.stop.is_set()]
@@ -277,17 +302,21 @@ class Scheduler:
             self._leave(cancelled)
             if not self._live:
                 return
-        rows, device = self._live, self.mask.device
+        rows = self._live
         count = len(rows)
         for row in rows:
             row.shared = max(row.shared, count)
-        token = torch.tensor([[row.answer[-1]] for row in rows], device=device)  # (B, 1)
-        at = torch.tensor([row.index for row in rows], device=device)  # (B,) cache index as if alone
-        delta = torch.tensor([row.gen.delta for row in rows], device=device)
-        positions = torch.stack([at, at + delta, at + delta, at + delta]).view(4, count, 1)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(count, 1)], dim=1)  # (B, K + 1): the fed token
         try:
-            scores = decode_step(self.engine.model, token, positions, self.cache, self.mask)  # (B, V)
+            if self.solo is not None:
+                scores = self._solo_step()  # (1, V)
+            else:
+                device = self.mask.device
+                token = torch.tensor([[row.answer[-1]] for row in rows], device=device)  # (B, 1)
+                at = torch.tensor([row.index for row in rows], device=device)  # (B,) cache index as if alone
+                delta = torch.tensor([row.gen.delta for row in rows], device=device)
+                positions = torch.stack([at, at + delta, at + delta, at + delta]).view(4, count, 1)
+                self.mask = torch.cat([self.mask, self.mask.new_ones(count, 1)], dim=1)  # (B, K + 1): fed token
+                scores = decode_step(self.engine.model, token, positions, self.cache, self.mask)  # (B, V)
         except Exception as exc:
             for row in rows:
                 row.gen.error = exc
@@ -310,6 +339,13 @@ class Scheduler:
 
     def _leave(self, indices: list[int], store: bool = True) -> None:
         """End the rows at `indices`: keep their K/V as prefixes, drop them and the padding nobody needs."""
+        if self.solo is not None:  # the lone row ends: its K/V are in the static buffers
+            row = self._live[0]
+            self._finish(row, self.solo.layers(row.index) if store else None, row.index)
+            with self._wake:
+                self._live = []
+            self.solo = None
+            return
         width = self.mask.shape[1]
         for i in indices:
             row = self._live[i]
