@@ -47,6 +47,7 @@ class Settings:
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
     parallel: int = 0  # answers decoded together by the local engine; 0: from the memory budget (1 on the CPU)
     prefill_chunk: int = 512  # prompt tokens prefilled between two decode steps of the answers already running
+    metrics: bool = True  # `vlassist serve` answers GET /metrics (Prometheus text), behind the API key if one is set
 
     @property
     def models_root(self) -> Path:
@@ -121,4 +122,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
         parallel=_number(env, "VLASSIST_PARALLEL", int, 0, 0, 256),
         prefill_chunk=_number(env, "VLASSIST_PREFILL_CHUNK", int, 512, 16, 1_048_576),
+        metrics=_choice(env, "VLASSIST_METRICS", ("1", "0", "on", "off", "true", "false"), "1") in ("1", "on", "true"),
     )

@@ -37,14 +37,23 @@ class GenerationOptions:
     use_cache: bool = True  # reuse prefix KV caches across turns where the engine can
     json_schema: str | None = None  # constrain the answer to JSON valid against this JSON Schema (text)
     stop_strings: tuple[str, ...] = ()  # the answer ends once its text contains one of these (it is kept in)
+    frequency_penalty: float = 0.0  # subtracted from a token's logit once per time it is in the answer
+    presence_penalty: float = 0.0  # subtracted once from every token already in the answer
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
+    top_k: int = 0  # sampling keeps the k likeliest tokens; 0: all
+    min_p: float = 0.0  # sampling drops tokens below min_p × the likeliest one's probability
+    penalize_greedy: bool = False  # apply repetition_penalty when decoding greedily too (the API, as vLLM does)
+    logprobs: int | None = None  # report each answer token's log-probability and this many alternatives
+    regex: str | None = None  # constrain the answer to match this regular expression
+    choice: tuple[str, ...] | None = None  # constrain the answer to exactly one of these strings
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for transformers' generate() that select the decoding strategy."""
         if self.precise:
             return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
                     "repetition_penalty": 1.0}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None,
-                "repetition_penalty": self.repetition_penalty}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k or None,
+                "min_p": self.min_p or None, "repetition_penalty": self.repetition_penalty}
 
 
 StopReason = Literal["eos", "length", "stopped", "error", "stop_string"]
@@ -90,14 +99,26 @@ def _sizing(item) -> Sizing | None:
         return None
 
 
+@dataclass
+class TokenLogprob:
+    """One answer token's log-probability under the model, with its likeliest alternatives (OpenAI's shape)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TokenLogprob] = field(default_factory=list)
+
+
 class Reply:
     """An answer being generated: iterate for text chunks; `.text` and `.stats` are complete afterwards."""
 
-    def __init__(self, chunks: Iterator[str], stats: Stats, stop: threading.Event):
+    def __init__(self, chunks: Iterator[str], stats: Stats, stop: threading.Event,
+                 logprobs: list[TokenLogprob] | None = None):
         self._chunks = chunks
         self.stats = stats
         self.stop_event = stop
         self.text = ""
+        self.logprobs = logprobs  # grows as tokens are chosen, when options.logprobs asked for them
 
     def __iter__(self) -> Iterator[str]:
         try:

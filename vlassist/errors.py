@@ -19,3 +19,11 @@ class ModelNotFoundError(VlassistError):
 
 class StorageError(VlassistError):
     """The history folder cannot be read or written (read-only, full, damaged or busy)."""
+
+
+class OptionError(VlassistError):
+    """A generation option cannot be used with this model; `param` names the request field it came from."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

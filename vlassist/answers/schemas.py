@@ -26,12 +26,14 @@ def load_schema(schema_text: str | dict) -> dict:
             schema = json.loads(schema_text)
         except ValueError as exc:
             raise SchemaError(f"the JSON Schema is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise SchemaError("the JSON Schema is nested too deeply") from None
     if not isinstance(schema, dict):
         raise SchemaError("a JSON Schema must be a JSON object")
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
-        raise SchemaError(f"not a valid JSON Schema: {exc.message}") from None
+        raise SchemaError(f"not a valid JSON Schema at {exc.json_path}: {exc.message}") from None
     return schema
 
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API over the answer service: chat completions (plain and streamed), models, health."""
+"""The OpenAI-compatible HTTP API over the answer service: chat completions (plain and streamed), models, health,
+tokenize/detokenize and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -12,34 +13,41 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vlassist import __version__
+from vlassist.answers.schemas import SchemaError
 from vlassist.config import Settings
-from vlassist.errors import VlassistError
+from vlassist.conversation import TokenLogprob
+from vlassist.errors import OptionError, VlassistError
 from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job
 from vlassist.service.jobs import Request as JobRequest
-from vlassist.service.limits import LimitError
+from vlassist.service.limits import ContextLengthError, LimitError
 
-from . import convert
+from . import convert, params, tokens
+from .choices import Choices
 from .convert import ApiError, StopCutter
+from .metrics import ApiMetrics
 from .models import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     ErrorBody,
     Extension,
     ModelCard,
     ModelList,
+    TopLogprob,
     Usage,
 )
+from .models import TokenLogprob as ApiTokenLogprob
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 STOP_WAIT_S = 30.0  # how long a cancelled answer may take to end (one decode step, normally)
@@ -53,10 +61,24 @@ def _error(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-def _admission_error(exc: VlassistError) -> ApiError:
-    if isinstance(exc, LimitError):  # a question or prompt over a limit: the request is too large
+def _admission_error(exc: VlassistError, body: ChatRequest) -> ApiError:
+    if isinstance(exc, ContextLengthError):  # OpenAI's answer to a prompt the context cannot hold
+        return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, LimitError):  # a question over the server's character limit: the request is too large
         return ApiError(413, str(exc), param="messages", code="request_too_large")
+    if isinstance(exc, SchemaError):
+        return ApiError(400, str(exc), param=params.grammar_param(body), code="invalid_schema")
+    if isinstance(exc, OptionError):
+        return ApiError(400, str(exc), param=exc.param, code="invalid_value")
     return ApiError(400, str(exc), code="refused")
+
+
+def _api_logprobs(entries: list[TokenLogprob]) -> ChoiceLogprobs:
+    """OpenAI's `logprobs` object for these answer tokens."""
+    return ChoiceLogprobs(content=[
+        ApiTokenLogprob(token=e.token, logprob=e.logprob, bytes=e.bytes,
+                        top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top])
+        for e in entries])
 
 
 def create_app(service: AnswerService, settings: Settings, model_id: str, family: str) -> FastAPI:
@@ -65,6 +87,12 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
     app = FastAPI(title="vlassist", version=__version__, docs_url=None, redoc_url=None,
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}})
     created = int(time.time())
+    metrics = ApiMetrics(service) if settings.metrics else None
+
+    def respond(exc: ApiError) -> JSONResponse:
+        if metrics is not None:
+            metrics.error(exc.status, exc.code)
+        return _error(exc)
 
     def check_key(request: Request) -> None:
         if settings.api_key is None:
@@ -76,18 +104,21 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc)
+        return respond(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A part type this server does not take fails validation; name it rather than echo pydantic's union errors.
+        if (unsupported := params.unsupported_part(exc.body)) is not None:
+            return respond(unsupported)
         first = (exc.errors() or [{}])[0]
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        return _error(ApiError(400, message, param=where, code="invalid_value"))
+        return respond(ApiError(400, message, param=where, code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code)))
+        return respond(ApiError(exc.status_code, str(exc.detail), code=str(exc.status_code)))
 
     @app.get("/health")
     async def health() -> dict:
@@ -95,10 +126,33 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
         return {"status": "ok", "model": model_id, "queued": service.queued, "answering": service.answering,
                 "slots": service.slots}
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList)
+    def card() -> ModelCard:
+        context = getattr(service.answerer, "context_tokens", None)
+        return ModelCard(id=model_id, created=created, family=family,
+                         max_model_len=context if isinstance(context, int) else None)
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)], response_model=ModelList,
+             response_model_exclude_none=True)
     async def models() -> ModelList:
-        """The one model this server answers with."""
-        return ModelList(data=[ModelCard(id=model_id, created=created)])
+        """The one model this server answers with, its family and context length."""
+        return ModelList(data=[card()])
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(check_key)], response_model=ModelCard,
+             response_model_exclude_none=True)
+    async def model(name: str) -> ModelCard:
+        """One model by id: the loaded one, or a 404."""
+        if name != model_id:
+            raise ApiError(404, f"the model {name!r} does not exist: this server answers with {model_id!r}",
+                           param="model", code="model_not_found")
+        return card()
+
+    tokens.add_routes(app, service, settings, [Depends(check_key)], lambda: card().max_model_len)
+
+    if metrics is not None:
+        @app.get("/metrics", dependencies=[Depends(check_key)])
+        async def prometheus() -> Response:
+            """Prometheus metrics: queue length, running answers, tokens, latency histograms, errors by code."""
+            return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)],
               response_model=ChatCompletion, response_model_exclude_none=True)
@@ -115,15 +169,15 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
                     return service.submit_choices(JobRequest(turns, options), body.n)
                 return [service.submit(JobRequest(turns, options))]
             except VlassistError as exc:
-                raise _admission_error(exc) from None
+                raise _admission_error(exc, body) from None
 
         # Decoding images and counting the prompt's tokens are CPU work (on untrusted bytes): off the event loop,
         # in one hop, so the job is queued the moment its images are ready.
         jobs = await run_in_threadpool(queue)
         if len(jobs) > 1:
-            answers = [_Answer(service, job, request, StopCutter(stops), model_id, family, body, index)
+            answers = [_Answer(service, job, request, StopCutter(stops), model_id, family, body, metrics, index)
                        for index, job in enumerate(jobs)]
-            choices = _Choices(answers)
+            choices = Choices(answers)
             if body.stream:
                 return StreamingResponse(choices.events(), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -131,7 +185,7 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
                 return await choices.whole()
             except _ClientGone:
                 return JSONResponse({}, status_code=499)
-        answer = _Answer(service, jobs[0], request, StopCutter(stops), model_id, family, body)
+        answer = _Answer(service, jobs[0], request, StopCutter(stops), model_id, family, body, metrics)
         if body.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -147,12 +201,33 @@ class _Answer:
     """One request's job seen from the event loop: its text as it grows, stop strings, the response bodies."""
 
     def __init__(self, service: AnswerService, job: Job, request: Request, cutter: StopCutter, model: str,
-                 family: str, body: ChatRequest, index: int = 0):
+                 family: str, body: ChatRequest, metrics: ApiMetrics | None = None, index: int = 0):
         self.service, self.job, self.request, self.cutter = service, job, request, cutter
-        self.model, self.family, self.body, self.index = model, family, body, index
+        self.model, self.family, self.body, self.metrics, self.index = model, family, body, metrics, index
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.text = ""
+        self.logprobs_sent = 0  # answer tokens whose logprobs have gone out
+
+    def _logprobs(self, final: bool) -> ChoiceLogprobs | None:
+        """Logprobs of the tokens not sent yet whose bytes the text sent so far holds (all of them at the end,
+        unless a stop string cut the text)."""
+        entries = self.job.logprobs if self.body.logprobs else None
+        if entries is None:
+            return None
+        room, fresh = len(self.text.encode("utf-8", "surrogatepass")), []
+        used = sum(len(e.bytes) for e in entries[:self.logprobs_sent])
+        for entry in entries[self.logprobs_sent:]:
+            if used + len(entry.bytes) > room and not (final and not self.cutter.hit):
+                break
+            used += len(entry.bytes)
+            fresh.append(entry)
+        self.logprobs_sent += len(fresh)
+        return _api_logprobs(fresh)
+
+    def _count(self) -> None:
+        if self.metrics is not None:
+            self.metrics.answered(self.job.stats, self.job.outcome or "unknown")
 
     async def _pieces(self) -> AsyncIterator[str]:
         """Text to send, as the job makes it; cancels the job on a stop string or when the client leaves."""
@@ -224,17 +299,20 @@ class _Answer:
         """The complete answer as one response body."""
         async for _ in self._pieces():
             pass
+        self._count()
         if (error := self._failed()) is not None:
             raise error
         reason = convert.finish_reason(self.job.stats, self.cutter.hit)
+        choice = Choice(index=self.index, message=AssistantMessage(content=self.text), finish_reason=reason,
+                        logprobs=self._logprobs(final=True))
         return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=self._usage(),
-                              choices=[Choice(index=self.index, message=AssistantMessage(content=self.text),
-                                              finish_reason=reason)],
-                              vlassist=self._extension())
+                              choices=[choice], vlassist=self._extension())
 
-    def _chunk(self, delta: Delta, finish: str | None = None, **extra) -> str:
+    def _chunk(self, delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None,
+               **extra) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                    choices=[ChunkChoice(index=self.index, delta=delta, finish_reason=finish)],
+                                    choices=[ChunkChoice(index=self.index, delta=delta, finish_reason=finish,
+                                                         logprobs=logprobs)],
                                     **extra)
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
@@ -246,13 +324,19 @@ class _Answer:
         try:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
-                yield self._chunk(Delta(content=piece))
+                yield self._chunk(Delta(content=piece), logprobs=self._logprobs(final=False))
             # The closing events go out in one write: the client's stream ends with no extra round of the loop.
+            self._count()
             if (error := self._failed()) is not None:
+                if self.metrics is not None:
+                    self.metrics.error(error.status, error.code)
                 closing = f"data: {json.dumps(error.body())}\n\n"
             else:
+                rest = self._logprobs(final=True)
+                # Tokens whose text the stream had not sent yet (the last characters, or none at all).
+                closing = self._chunk(Delta(content=""), logprobs=rest) if rest is not None and rest.content else ""
                 reason = convert.finish_reason(self.job.stats, self.cutter.hit)
-                closing = self._chunk(Delta(), reason, vlassist=self._extension())
+                closing += self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
                 if last and options is not None and options.include_usage:
                     usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
@@ -265,61 +349,3 @@ class _Answer:
             # However the stream ends (client gone, server cancelled the task), the job must not keep the model.
             self.service.cancel(self.job.id)
 
-
-class _Choices:
-    """The n answers of one request (one job each, one prefill), merged into one response or one event stream."""
-
-    def __init__(self, answers: list[_Answer]):
-        self.answers = answers
-        for answer in answers[1:]:
-            answer.id, answer.created = answers[0].id, answers[0].created  # one completion, n choices
-
-    def _usage(self) -> Usage:
-        prompt = self.answers[0].job.stats.prompt_tokens
-        completion = sum(answer.job.stats.new_tokens for answer in self.answers)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-    async def whole(self) -> ChatCompletion:
-        """Every choice complete, in one response body; the extension is the first choice's."""
-        try:
-            done = await asyncio.gather(*(answer.whole() for answer in self.answers))
-        finally:
-            for answer in self.answers:
-                answer.service.cancel(answer.job.id)
-        first = done[0]
-        return ChatCompletion(id=first.id, created=first.created, model=first.model, usage=self._usage(),
-                              choices=[c for body in done for c in body.choices], vlassist=first.vlassist)
-
-    async def events(self) -> AsyncIterator[str]:
-        """Every choice's events as they come (each chunk names its choice), then usage and one `[DONE]`."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-        async def pump(answer: _Answer) -> None:
-            try:
-                async for event in answer.events(last=False):
-                    await queue.put(event)
-            finally:
-                await queue.put(None)
-
-        tasks = [asyncio.create_task(pump(answer)) for answer in self.answers]
-        try:
-            left = len(tasks)
-            while left:
-                event = await queue.get()
-                if event is None:
-                    left -= 1
-                else:
-                    yield event
-            closing = ""
-            first = self.answers[0]
-            options = first.body.stream_options
-            if options is not None and options.include_usage:
-                usage = ChatCompletionChunk(id=first.id, created=first.created, model=first.model, choices=[],
-                                            usage=self._usage())
-                closing = f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
-            yield closing + "data: [DONE]\n\n"
-        finally:
-            for task in tasks:
-                task.cancel()
-            for answer in self.answers:
-                answer.service.cancel(answer.job.id)

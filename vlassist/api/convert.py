@@ -122,6 +122,8 @@ def _schema_text(body: ChatRequest) -> str | None:
 
 def to_options(body: ChatRequest, details: list[str], settings: Settings) -> GenerationOptions:
     """Decoding and resolution options: greedy unless a temperature above 0 or a top_p asks for sampling."""
+    from .params import option_fields  # params imports this module
+
     defaults = GenerationOptions()
     length = body.max_completion_tokens or body.max_tokens or defaults.max_new_tokens
     precise = body.temperature == 0 or (body.temperature is None and body.top_p is None)
@@ -137,7 +139,7 @@ def to_options(body: ChatRequest, details: list[str], settings: Settings) -> Gen
         temperature=body.temperature if body.temperature is not None else defaults.temperature,
         top_p=body.top_p if body.top_p is not None else defaults.top_p,
         max_image_tokens=budget, low_res=low_res, min_new_tokens=min(body.min_tokens or 0, length),
-        seed=body.seed, json_schema=_schema_text(body),
+        seed=body.seed, **option_fields(body, _schema_text(body)),
     )
 
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Unknown request fields (n, user, tools…) are ignored rather than refused, as OpenAI-compatible servers do.
+# Unknown fields inside messages and parts are ignored; the request's own unknown fields are refused (params.py).
 _LENIENT = ConfigDict(extra="ignore")
 
 
@@ -59,10 +59,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
-    """`POST /v1/chat/completions`; `min_tokens` is an extension (vLLM accepts it too) that forces length."""
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: the answer held to a JSON Schema, a regular expression or one of some strings."""
 
-    model_config = _LENIENT
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    json_object: bool | None = None
+
+
+class ChatRequest(BaseModel):
+    """`POST /v1/chat/completions`; `min_tokens` is an extension (vLLM accepts it too) that forces length.
+
+    Fields not declared here are kept (extra="allow") so that vlassist/api/params.py can refuse them by name.
+    """
+
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
@@ -76,6 +89,18 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     response_format: ResponseFormat | None = None
     n: int = Field(default=1, ge=1, le=16)  # choices from one prefill, decoded side by side
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
 
 
 class Usage(BaseModel):
@@ -93,12 +118,34 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    """One likely token at a position of the answer."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """One answer token's log-probability, with the likeliest tokens at its position."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    """`choices[].logprobs` when the request asked for them."""
+
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
     """One of the `n` choices (one prefill, each decoded as its own row)."""
 
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
+    logprobs: ChoiceLogprobs | None = None
 
 
 class Extension(BaseModel):
@@ -133,6 +180,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -148,12 +196,14 @@ class ChatCompletionChunk(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """One entry of `GET /v1/models`."""
+    """One entry of `GET /v1/models`: with the model family (box coordinates) and its context length (vLLM's name)."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "vlassist"
+    family: str | None = None
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):
@@ -176,3 +226,38 @@ class ErrorBody(BaseModel):
     """Every error response's body."""
 
     error: ErrorDetail
+
+
+class TokenizeRequest(BaseModel):
+    """`POST /tokenize` (vLLM's shape): a text `prompt`, or chat `messages` rendered as the model sees them."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeResponse(BaseModel):
+    """The prompt's token ids (images as their visual tokens), how many, and the model's context length."""
+
+    count: int
+    max_model_len: int | None = None
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """`POST /detokenize` (vLLM's shape): token ids back to text."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    """The text of the given tokens."""
+
+    prompt: str

@@ -10,7 +10,7 @@ import uvicorn
 from vlassist.backends import load_answerer
 from vlassist.config import Settings
 from vlassist.service.answering import AnswerService
-from vlassist.service.limits import context_admission
+from vlassist.service.limits import context_admission, options_admission
 
 from .app import create_app
 
@@ -24,7 +24,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, answere
     info = answerer.info
     # The same refusals as the page's (too long a question or prompt), before a request waits in the queue.
     admission = context_admission(answerer, settings.max_prompt_tokens, settings.max_question_chars)
-    service = AnswerService(answerer, admission=[admission])
+    service = AnswerService(answerer, admission=[admission, options_admission(answerer)])
     app = create_app(service, settings, model_id=Path(info.model_dir).name, family=info.family)
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         log.warning("serving on %s without VLASSIST_API_KEY: anyone who can reach it can use the model", host)

@@ -197,7 +197,8 @@ def _decode(engine: Engine, gens: list[generate.Generation]) -> None:
     mask = slots.view(1, -1) >= (width - lengths).view(-1, 1)  # (B, K): False on the left padding
     # The processors read only the sequence's length and last tokens: left-padded ids are enough for them.
     sequence = torch.zeros(len(gens), width, dtype=torch.long, device=device)  # (B, K + chosen)
-    processors = logits_processors(options, width, eos_ids, engine.processor.tokenizer, model.config)
+    processors = logits_processors(options, width, eos_ids, engine.processor.tokenizer, model.config,
+                                   prompt_known=False)
     live = list(gens)
     answers: dict[int, list[int]] = {id(gen): [] for gen in gens}
     token = choose(scores, sequence, processors, greedy=True)  # (B,)

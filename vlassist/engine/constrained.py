@@ -7,21 +7,34 @@ strings, arrays and objects, so a rambling model still ends with a complete docu
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import torch
 import xgrammar as xgr
+from cachetools import LRUCache
 from transformers import LogitsProcessor
 
+from vlassist.answers.schema_limits import check_choices, check_regex, check_schema_limits
 from vlassist.answers.schemas import SchemaError, load_schema  # noqa: F401  (SchemaError is part of this API)
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # GenerationOptions' default, for callers that do not pass theirs
 CLOSING_MARGIN = 16  # extra tokens kept for closing brackets beyond a minimal document
 
+COMPILE_BUDGET_S = 10.0  # the longest a grammar may take to compile at admission before it is refused
+GRAMMARS_KEPT = 64  # compiled grammars cached by their text's hash
+
 _compilers: dict[tuple[int, int], xgr.GrammarCompiler] = {}
 _compilers_lock = threading.Lock()
+_grammars: LRUCache = LRUCache(maxsize=GRAMMARS_KEPT)  # (tokenizer id, width, kind, sha256) → CompiledGrammar
+_grammars_lock = threading.Lock()
+# Admission compiles here, off the event loop and the answer worker; two threads bound what refused work costs.
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlassist-grammar")
 
 
 def vocab_size(model_config) -> int | None:
@@ -54,15 +67,94 @@ def _compiler(tokenizer, model_config) -> xgr.GrammarCompiler:
         return _compilers[key]
 
 
+def _clean(exc: BaseException) -> str:
+    # The grammar library's messages start with a time stamp and its source path: neither is the client's business.
+    text = (str(exc).strip().splitlines() or [""])[0]
+    text = re.sub(r"^\[[\d:.]+\]\s*", "", text)
+    text = re.sub(r"\S*[/\\]\S+\.(?:cc|cpp|h|hpp|py):\d+:\s*", "", text).strip()
+    if not text or text.startswith("Check failed"):
+        return "the grammar engine cannot compile it"
+    return text
+
+
+def grammar_source(options) -> tuple[str, str] | None:
+    """The grammar `options` ask for as (kind, text): ("json", schema), ("regex", pattern) or ("choice", JSON list)."""
+    if options.json_schema:
+        return "json", options.json_schema
+    if options.regex:
+        return "regex", options.regex
+    if options.choice:
+        return "choice", json.dumps(list(options.choice), ensure_ascii=False)
+    return None
+
+
+def check_source(kind: str, text: str) -> None:
+    """Refuse a grammar over a limit before any compile: schema size, depth, enums, patterns, `$ref` loops."""
+    if kind == "json":
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = None  # load_schema below names what is wrong
+        if isinstance(parsed, dict):
+            # Before the schema validator, which recurses once per level and would overflow on a deep schema.
+            check_schema_limits(parsed, text)
+        load_schema(text)
+    elif kind == "regex":
+        check_regex(text, "regex")
+    else:
+        check_choices(json.loads(text), "choice")
+
+
+def _compile(compiler: xgr.GrammarCompiler, kind: str, text: str) -> xgr.CompiledGrammar:
+    try:
+        if kind == "json":
+            # Free whitespace would let a model pad forever; compact separators keep every token meaningful.
+            return compiler.compile_json_schema(json.dumps(load_schema(text)), any_whitespace=False,
+                                                strict_mode=True)
+        if kind == "regex":
+            return compiler.compile_regex(text)
+        # Each choice as an EBNF string literal: JSON's escapes (quotes, backslashes, control characters) are EBNF's.
+        choices = json.loads(text)
+        return compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        what = {"json": "JSON Schema", "regex": "regular expression", "choice": "choice list"}[kind]
+        raise SchemaError(f"this {what} cannot be used for constrained output: {_clean(exc)}") from None
+
+
+def compile_source(tokenizer, kind: str, text: str, model_config) -> xgr.CompiledGrammar:
+    """The compiled grammar for (kind, text), checked against the limits first and cached by the text's hash."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    size = vocab_size(model_config) or len(tokenizer)
+    key = (id(tokenizer), size, kind, digest)
+    with _grammars_lock:
+        found = _grammars.get(key)
+    if found is not None:
+        return found
+    check_source(kind, text)  # before the compiler is built: a refusal costs no vocabulary scan
+    compiler = _compiler(tokenizer, model_config)
+    compiled = _compile(compiler, kind, text)
+    with _grammars_lock:
+        _grammars[key] = compiled
+    return compiled
+
+
 def compile_schema(tokenizer, schema_text: str | dict, model_config) -> xgr.CompiledGrammar:
     """Compile a JSON Schema to a grammar over this tokenizer (compact JSON: no free whitespace)."""
-    schema = load_schema(schema_text)
+    text = schema_text if isinstance(schema_text, str) else json.dumps(schema_text)
+    return compile_source(tokenizer, "json", text, model_config)
+
+
+def compile_within(tokenizer, options, model_config, budget_s: float = COMPILE_BUDGET_S) -> None:
+    """Compile (into the cache) the grammar `options` ask for, refusing one that takes longer than `budget_s`."""
+    source = grammar_source(options)
+    if source is None:
+        return
+    future = _pool.submit(compile_source, tokenizer, *source, model_config)
     try:
-        # Free whitespace would let a model pad forever; compact separators keep every token meaningful.
-        return _compiler(tokenizer, model_config).compile_json_schema(json.dumps(schema), any_whitespace=False,
-                                                                      strict_mode=True)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise SchemaError(f"this JSON Schema cannot be used for constrained output: {exc}") from None
+        future.result(timeout=budget_s)
+    except FutureTimeout:
+        raise SchemaError(f"the {source[0]} grammar took longer than {budget_s:g} s to compile, over the limit; "
+                          "simplify it") from None
 
 
 def minimal_length(schema: Any, depth: int = 0) -> int:
@@ -200,6 +292,16 @@ def closing_ranks(compiled: xgr.CompiledGrammar) -> ClosingRanks:
     if key not in _ranks_cache:
         _ranks_cache[key] = ClosingRanks(info.decoded_vocab)
     return _ranks_cache[key]
+
+
+def grammar_logits_processor(tokenizer, options, model_config):
+    """A fresh logits processor keeping one answer inside the JSON Schema, regex or choices of `options`."""
+    kind, text = grammar_source(options)
+    if kind == "json":
+        return schema_logits_processor(tokenizer, text, model_config, options.max_new_tokens)
+    compiled = compile_source(tokenizer, kind, text, model_config)
+    # No closing preference: a pattern or a choice has no brackets to close, so the budget never starts.
+    return SchemaLogitsProcessor(compiled, closing_ranks(compiled), budget=options.max_new_tokens + 1)
 
 
 def schema_logits_processor(tokenizer, schema_text: str, model_config, max_new_tokens: int | None = None):

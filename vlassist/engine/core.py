@@ -22,7 +22,7 @@ from vlassist.engine.loader import ModelInfo, Progress, load, process_age_s
 from vlassist.engine.sizing import plan_size
 from vlassist.engine.streaming import finish_stats
 from vlassist.engine.upgrade import compile_in_background
-from vlassist.errors import VlassistError
+from vlassist.errors import OptionError, VlassistError
 from vlassist.images import LoadedImage, Sizing
 
 DECODE_BLOCK = 8  # greedy tokens chosen on the device between two host reads (stop checks, streaming)
@@ -109,6 +109,47 @@ class Engine:
         count = len(self.processor.tokenizer([text])["input_ids"][0])  # as encode_prompt tokenizes
         return count - len(visual) + sum(visual)
 
+    @property
+    def vocab_size(self) -> int:
+        """The width of the model's logits: token ids a logit bias may name are below it."""
+        return int(self.model.config.get_text_config().vocab_size)
+
+    def check_options(self, options: GenerationOptions) -> None:
+        """Refuse options this model cannot answer with (VlassistError): a grammar over its limits or too slow to
+        compile, a logit bias for a token it does not have. Grammars compiled here are cached for the answer."""
+        for token, _ in options.logit_bias:
+            if not 0 <= token < self.vocab_size:
+                raise OptionError(f"logit_bias: token id {token} is not in this model's vocabulary "
+                                  f"(0–{self.vocab_size - 1})", param="logit_bias")
+        if options.json_schema or options.regex or options.choice:
+            from vlassist.engine.constrained import compile_within  # the grammar library loads on first use
+
+            compile_within(self.processor.tokenizer, options, self.model.config)
+
+    def tokenize(self, turns: Sequence[Turn] | str, options: GenerationOptions = GenerationOptions(),
+                 add_special_tokens: bool = True) -> list[int]:
+        """The prompt's token ids for `turns` (each image's placeholder expanded to its visual tokens), or a text's."""
+        tokenizer = self.processor.tokenizer
+        if isinstance(turns, str):
+            return list(tokenizer(turns, add_special_tokens=add_special_tokens)["input_ids"])
+        check_turns(turns)
+        visual = [self.plan(image, options).visual_tokens for image in conversation_images(turns)]
+        pad = self.processor.image_token
+        pieces = render_chat(self.processor, turns).split(pad)
+        expanded = pieces[0] + "".join(pad * count + piece for count, piece in zip(visual, pieces[1:]))
+        return list(tokenizer([expanded])["input_ids"][0])
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids, special tokens included (vLLM's /detokenize); unknown ids raise OptionError."""
+        size = len(self.processor.tokenizer)
+        if bad := [t for t in tokens if not 0 <= t < size]:
+            raise OptionError(f"token id {bad[0]} is not in this model's vocabulary (0–{size - 1})", param="tokens")
+        return self.processor.tokenizer.decode(list(tokens))
+
+    def token_strs(self, tokens: Sequence[int]) -> list[str]:
+        """Each token id's vocabulary entry (byte-level pieces, as the tokenizer stores them)."""
+        return list(self.processor.tokenizer.convert_ids_to_tokens(list(tokens)))
+
     def memory(self) -> dict:
         """Device memory in use, in GiB."""
         if self.info.device == "cuda":
@@ -140,9 +181,11 @@ class Engine:
             raise GenerationError("this model was unloaded: another one was loaded in its place")
         stop = stop or threading.Event()
         stats = Stats()
+        logprobs = [] if options.logprobs is not None else None
         if self.scheduler is not None:
-            return Reply(self._run_batched(list(turns), options, [stop], [stats], on_queued)[0], stats, stop)
-        return Reply(self._run(list(turns), options, stop, stats, on_queued), stats, stop)
+            chunks = self._run_batched(list(turns), options, [stop], [stats], on_queued, [logprobs])[0]
+            return Reply(chunks, stats, stop, logprobs)
+        return Reply(self._run(list(turns), options, stop, stats, on_queued, logprobs), stats, stop, logprobs)
 
     def stream_choices(self, turns: Sequence[Turn], options: GenerationOptions, count: int,
                        stops: Sequence[threading.Event] | None = None) -> list[Reply]:
@@ -151,13 +194,14 @@ class Engine:
             raise GenerationError("this model was unloaded: another one was loaded in its place")
         stops = list(stops) if stops is not None else [threading.Event() for _ in range(count)]
         stats = [Stats() for _ in range(count)]
+        logprobs = [[] if options.logprobs is not None else None for _ in range(count)]
         if self.scheduler is None:  # one at a time: each choice is its own answer (its prefix is reused)
-            return [Reply(self._run(list(turns), _nth(options, i), stop, stat, None), stat, stop)
-                    for i, (stop, stat) in enumerate(zip(stops, stats))]
-        chunks = self._run_batched(list(turns), options, stops, stats, None)
-        return [Reply(c, stat, stop) for c, stat, stop in zip(chunks, stats, stops)]
+            return [Reply(self._run(list(turns), _nth(options, i), stop, stat, None, lp), stat, stop, lp)
+                    for i, (stop, stat, lp) in enumerate(zip(stops, stats, logprobs))]
+        chunks = self._run_batched(list(turns), options, stops, stats, None, logprobs)
+        return [Reply(c, stat, stop, lp) for c, stat, stop, lp in zip(chunks, stats, stops, logprobs)]
 
-    def _run_batched(self, turns, options, stops, stats, on_queued) -> list[Iterator[str]]:
+    def _run_batched(self, turns, options, stops, stats, on_queued, logprobs) -> list[Iterator[str]]:
         """Encode once, queue the answer (and its copies) in the decode batch; one chunk iterator per answer."""
         requested = time.perf_counter()
         with self._encoding:
@@ -165,6 +209,8 @@ class Engine:
         gens = [first] + [generate.Generation(first.inputs, first.image_keys, _nth(options, i), stop, _sink(self),
                                               _copy_stats(first.stats, stat))
                           for i, (stop, stat) in enumerate(zip(stops[1:], stats[1:]), start=1)]
+        for gen, noted in zip(gens, logprobs):
+            gen.logprobs = noted  # each answer token's log-probability, when asked for
         if not self.scheduler.fits(first.total):
             raise GenerationError(f"this answer needs {first.total:,} tokens of K/V (prompt and answer), over the "
                                   f"{self.scheduler.room_tokens:,} one answer may take here; shorten the "
@@ -212,7 +258,7 @@ class Engine:
         """Rows of `tokens_per_row` (prompt and answer) a batched decode can hold in free memory; 1 on the CPU."""
         return batched.auto_batch_size(self, tokens_per_row)
 
-    def _run(self, turns, options, stop, stats: Stats, on_queued) -> Iterator[str]:
+    def _run(self, turns, options, stop, stats: Stats, on_queued, logprobs=None) -> Iterator[str]:
         requested = time.perf_counter()
         if not self._lock.acquire(blocking=False):
             if on_queued:
@@ -224,7 +270,9 @@ class Engine:
         try:
             started = time.perf_counter()
             stats.queued_s = started - requested
-            yield from self._generate(generate.prepare(self, turns, options, stop, stats), started)
+            gen = generate.prepare(self, turns, options, stop, stats)
+            gen.logprobs = logprobs
+            yield from self._generate(gen, started)
         finally:
             self._lock.release()
 

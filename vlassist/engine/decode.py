@@ -6,12 +6,9 @@ import contextlib
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import (
-    DynamicCache,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import DynamicCache
+
+from vlassist.engine import sampling
 
 # Prefill meets a new (new tokens, cached tokens) shape on nearly every question, and cuDNN's SDPA builds an
 # execution plan for each new shape (tens to hundreds of ms on the host); flash and memory-efficient attention
@@ -74,20 +71,6 @@ def cache_layers(cache, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys[:, :, :length], layer.values[:, :, :length]) for layer in cache.layers]
 
 
-class MinNewTokens:
-    """Forbids the end-of-answer tokens until `count` answer tokens exist (benchmarks force lengths with it)."""
-
-    def __init__(self, prompt_len: int, count: int, eos_ids):
-        self.until = prompt_len + count
-        self.eos = sorted(eos_ids)
-
-    def __call__(self, sequence, scores):
-        if sequence.shape[1] < self.until:
-            scores = scores.clone()
-            scores[:, self.eos] = float("-inf")
-        return scores
-
-
 def choose(scores: torch.Tensor, sequence: torch.Tensor, processors, greedy: bool) -> torch.Tensor:
     """The next token (1,) from last-position scores (1, V), after the logits processors saw the sequence so far."""
     for processor in processors:
@@ -98,22 +81,25 @@ def choose(scores: torch.Tensor, sequence: torch.Tensor, processors, greedy: boo
 
 
 def schema_processor(tokenizer, options, config):
-    """The logits processor that keeps the answer inside `options.json_schema`."""
+    """The logits processor that keeps the answer inside `options.json_schema`, `options.regex` or `options.choice`."""
     # Imported here: the grammar library is loaded only when a schema is asked for.
-    from vlassist.engine.constrained import schema_logits_processor
+    from vlassist.engine.constrained import grammar_logits_processor
 
-    return schema_logits_processor(tokenizer, options.json_schema, config, max_new_tokens=options.max_new_tokens)
+    return grammar_logits_processor(tokenizer, options, config)
 
 
-def logits_processors(options, prompt_len: int, eos_ids, tokenizer, config) -> list:
-    """Logits processors in generate()'s order: answer-length floor, sampling, then the JSON grammar."""
-    chain: list = []
-    if options.min_new_tokens:
-        chain.append(MinNewTokens(prompt_len, options.min_new_tokens, sorted(eos_ids)))
-    if not options.precise:
-        if options.repetition_penalty != 1.0:
-            chain.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
-        chain += [TemperatureLogitsWarper(options.temperature), TopPLogitsWarper(options.top_p)]
-    if options.json_schema:
+def constrained(options) -> bool:
+    """True if the answer is held to a grammar: a JSON Schema, a regular expression or a list of choices."""
+    return bool(options.json_schema or options.regex or options.choice)
+
+
+def logits_processors(options, prompt_len: int, eos_ids, tokenizer, config, prompt_known: bool = True) -> list:
+    """Logits processors in order: answer-length floor, penalties and bias, the grammar, then the sampling filters.
+
+    `prompt_known` False (a left-padded batch) keeps the prompt out of the repetition penalty.
+    """
+    before, after = sampling.rows_processors(options, prompt_len, sorted(eos_ids), prompt_known)
+    chain: list = list(before)
+    if constrained(options):
         chain.append(schema_processor(tokenizer, options, config))
-    return chain
+    return chain + after

@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
-from vlassist.conversation import GenerationOptions, Stats, Turn
+from vlassist.conversation import GenerationOptions, Stats, TokenLogprob, Turn
+from vlassist.engine import sampling
 from vlassist.engine.decode import (
     cache_layers,
     choose,
+    constrained,
     decode_step,
     logits_processors,
     new_cache,
     prefill,
     rope_positions,
-    schema_processor,
     step_positions,
 )
 from vlassist.engine.encode import conversation_images
@@ -67,6 +68,7 @@ class Generation:
     path: str = ""  # how the prompt was prefilled: "short" (into the static buffers) or "eager"
     output: torch.Tensor | None = None  # prompt and answer ids (1, L + new)
     error: BaseException | None = None  # what the worker raised
+    logprobs: list[TokenLogprob] | None = None  # each answer token's log-probability, when options.logprobs asks
 
     @property
     def length(self) -> int:
@@ -176,16 +178,30 @@ def choose_first(engine: Engine, gen: Generation, scores: torch.Tensor) -> tuple
     gen.sink.put(ids.cpu())  # the prompt: the streamer skips it
     processors = logits_processors(gen.options, gen.length, engine.eos_ids, engine.processor.tokenizer,
                                    engine.model.config)
-    token = choose(scores, ids, processors, greedy=gen.options.precise)
+    token = choose_noting(engine, gen, scores, ids, processors)
     gen.mark("choose")
     return token, processors
 
 
+def choose_noting(engine: Engine, gen: Generation, scores: torch.Tensor, sequence: torch.Tensor, processors: list
+                  ) -> torch.Tensor:
+    """The next token (1,), its log-probability noted in `gen.logprobs` (from the raw scores) when asked for."""
+    if gen.logprobs is None:
+        return choose(scores, sequence, processors, greedy=gen.options.precise)
+    raw = scores[0].float().clone()  # processors may mask the scores in place
+    token = choose(scores, sequence, processors, greedy=gen.options.precise)
+    chosen = int(token[0])
+    if chosen not in engine.eos_ids:  # the end-of-answer token is no part of the text, so none of its logprobs
+        gen.logprobs.append(sampling.token_logprob(engine.processor.tokenizer, raw, chosen, gen.options.logprobs))
+    return token
+
+
 def greedy_blocks_fit(engine: Engine, gen: Generation) -> bool:
-    """True if this answer can be chosen on the device: greedy, no grammar, and a greedy step for the bucket."""
+    """True if this answer can be chosen on the device: greedy, no grammar, penalty, bias or logprobs, and a greedy
+    step for the bucket."""
     options = gen.options
-    return (gen.fast is not None and engine.decode_block > 0 and options.precise and not options.json_schema
-            and gen.fast.greedy_ready())
+    return (gen.fast is not None and engine.decode_block > 0 and options.precise and not constrained(options)
+            and not sampling.needs_rows(options) and options.logprobs is None and gen.fast.greedy_ready())
 
 
 def decode_per_step(engine: Engine, gen: Generation, token: torch.Tensor, processors: list) -> torch.Tensor:
@@ -207,7 +223,7 @@ def decode_per_step(engine: Engine, gen: Generation, token: torch.Tensor, proces
         gen.sink.put(chosen)
         if int(chosen) in eos_ids or gen.stop.is_set() or last:
             break
-        token = choose(scores, sequence, processors, greedy=options.precise)
+        token = choose_noting(engine, gen, scores, sequence, processors)
     fed = sequence.shape[1] - 1  # the last chosen token never ran through the model
     answer = sequence[0, length:fed].cpu().numpy()
     layers = fast.layers(fed) if fast is not None else cache_layers(gen.cache, fed)
@@ -262,7 +278,9 @@ def plain_generate(engine: Engine, gen: Generation) -> torch.Tensor:
         min_new_tokens=options.min_new_tokens or None, stopping_criteria=StoppingCriteriaList([StopOnEvent(gen.stop)]),
         pad_token_id=engine.processor.tokenizer.pad_token_id, **options.sampling_kwargs(),
     )
-    if options.json_schema:
-        kwargs["logits_processor"] = LogitsProcessorList([schema_processor(engine.processor.tokenizer, options,
-                                                                           engine.model.config)])
+    # generate() applies the length floor and the sampling filters itself; penalties, bias and grammar come from here.
+    own = replace(options, min_new_tokens=0, precise=True, penalize_greedy=options.penalize_greedy and options.precise)
+    chain = logits_processors(own, gen.length, engine.eos_ids, engine.processor.tokenizer, engine.model.config)
+    if chain:
+        kwargs["logits_processor"] = LogitsProcessorList(chain)
     return engine.model.generate(**kwargs)

@@ -223,10 +223,20 @@ class Scheduler:
         if not gen.options.precise:
             row.generator = row_generator(gen.options.seed, ids.device)
         token = int(choose_row(scores, ids, row.processors, gen.options.precise, row.generator))
+        self._note_logprob(row, scores[0], token)
         if row.accept(token, engine.eos_ids, engine.processor.tokenizer):
             self._finish(row, layers, gen.length)
         else:
             self._join(row, layers)
+
+    def _note_logprob(self, row: Row, raw: torch.Tensor, token: int) -> None:
+        """Note the chosen token's log-probability (from the raw logits, (V,)) when the row asked for them."""
+        gen = row.gen
+        if getattr(gen, "logprobs", None) is None or token in self.engine.eos_ids:
+            return  # the end-of-answer token is no part of the text, so none of its logprobs
+        from vlassist.engine import sampling
+
+        gen.logprobs.append(sampling.token_logprob(self.engine.processor.tokenizer, raw, token, gen.options.logprobs))
 
     def _fail_filling(self, row: Row, exc: BaseException) -> None:
         log.debug("prefill failed", exc_info=True)
@@ -332,6 +342,7 @@ class Scheduler:
         ended = []
         for i, (row, token_id) in enumerate(zip(rows, chosen)):
             row.index += 1
+            self._note_logprob(row, scores[i], int(token_id))
             if row.accept(int(token_id), self.engine.eos_ids, self.engine.processor.tokenizer):
                 ended.append(i)
         if ended:

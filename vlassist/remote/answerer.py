@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import openai
 
 from vlassist.config import Settings
-from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
+from vlassist.conversation import GenerationOptions, Reply, Stats, TokenLogprob, Turn
 from vlassist.errors import ConfigError, VlassistError
+from vlassist.families import FAMILIES
 from vlassist.families import family as family_of
 from vlassist.images import LoadedImage, Sizing, resize_for_model
 
@@ -81,6 +82,7 @@ class RemoteAnswerer:
     """Answers through a server's /v1/chat/completions; images go as PNG data URLs at the planned size."""
 
     busy = False  # the server has its own queue; this process never holds a device
+    context_tokens: int | None = None  # the server's context length, when its model list says (max_model_len)
 
     def __init__(self, settings: Settings):
         server = _base_url(settings.backend_url or "")
@@ -88,14 +90,20 @@ class RemoteAnswerer:
                                     timeout=openai.Timeout(settings.stream_timeout_s, connect=CONNECT_TIMEOUT_S))
         started = time.perf_counter()
         try:
-            listed = [m.id for m in self.client.models.list()]
+            cards = list(self.client.models.list())
         except Exception as exc:
             raise _refusal(exc, server) from None
         latency = time.perf_counter() - started
+        listed = [m.id for m in cards]
         model = settings.backend_model or (listed[0] if listed else None)
         if model is None:
             raise BackendError(f"the server at {server} lists no models; set VLASSIST_BACKEND_MODEL")
-        name = settings.backend_family or guess_family(model)
+        # Another vlassist serve lists each model's family and context length (vLLM the context length only).
+        card = next(((m.model_extra or {}) for m in cards if m.id == model), {})
+        listed_family = card.get("family") if card.get("family") in FAMILIES else None
+        if isinstance(card.get("max_model_len"), int):
+            self.context_tokens = card["max_model_len"]
+        name = settings.backend_family or listed_family or guess_family(model)
         if name is None:
             raise ConfigError(f"cannot tell the model family from the name {model!r}; set VLASSIST_BACKEND_FAMILY "
                               "to qwen2_vl, qwen2_5_vl or qwen3_vl")
@@ -119,7 +127,8 @@ class RemoteAnswerer:
         """Answer the last user turn on the server: text chunks as they arrive, stats at the end."""
         stop = stop or threading.Event()
         stats = Stats()
-        return Reply(self._run(list(turns), options, stop, stats), stats, stop)
+        logprobs = [] if options.logprobs is not None else None
+        return Reply(self._run(list(turns), options, stop, stats, logprobs), stats, stop, logprobs)
 
     def _messages(self, turns: list[Turn], options: GenerationOptions) -> tuple[list[dict], list[Sizing]]:
         detail = "low" if options.low_res else "high" if options.max_image_tokens > DEFAULT_IMAGE_TOKENS else "auto"
@@ -158,12 +167,13 @@ class RemoteAnswerer:
         if options.json_schema is not None:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "answer", "schema": json.loads(options.json_schema), "strict": True}}
+        _forward_sampling(options, kwargs, extra)
         if extra:
             kwargs["extra_body"] = extra
         return kwargs, sizings
 
-    def _run(self, turns: list[Turn], options: GenerationOptions, stop: threading.Event, stats: Stats
-             ) -> Iterator[str]:
+    def _run(self, turns: list[Turn], options: GenerationOptions, stop: threading.Event, stats: Stats,
+             logprobs: list[TokenLogprob] | None = None) -> Iterator[str]:
         started = time.perf_counter()
         kwargs, stats.images = self._request(turns, options)
         stats.visual_tokens = sum(s.visual_tokens for s in stats.images)
@@ -192,6 +202,8 @@ class RemoteAnswerer:
                 stats.reused_tokens = server_stats.get("stats", {}).get("reused_tokens", stats.reused_tokens)
                 for choice in chunk.choices:
                     finish = choice.finish_reason or finish
+                    if logprobs is not None and choice.logprobs is not None:
+                        logprobs.extend(_logprobs(choice.logprobs.content or []))
                     if choice.delta and choice.delta.content:
                         if not chunks:
                             stats.ttft_s = time.perf_counter() - started
@@ -208,3 +220,33 @@ class RemoteAnswerer:
             decode_s = stats.total_s - stats.ttft_s
             stats.tokens_per_s = (stats.new_tokens - 1) / decode_s if stats.new_tokens > 1 and decode_s > 0 else 0.0
             stats.stop_reason = "stopped" if stop.is_set() else "length" if finish == "length" else "eos"
+
+
+def _forward_sampling(options: GenerationOptions, kwargs: dict, extra: dict) -> None:
+    """Penalties, bias, logprobs and regex/choice grammars as the server's request fields (OpenAI's, then vLLM's)."""
+    if options.frequency_penalty:
+        kwargs["frequency_penalty"] = options.frequency_penalty
+    if options.presence_penalty:
+        kwargs["presence_penalty"] = options.presence_penalty
+    if options.logit_bias:
+        kwargs["logit_bias"] = {str(token): amount for token, amount in options.logit_bias}
+    if options.logprobs is not None:
+        kwargs.update(logprobs=True, top_logprobs=options.logprobs)
+    if options.top_k:
+        extra["top_k"] = options.top_k
+    if options.min_p:
+        extra["min_p"] = options.min_p
+    if options.penalize_greedy:
+        extra["repetition_penalty"] = options.repetition_penalty
+    if options.regex is not None:
+        extra["structured_outputs"] = {"regex": options.regex}
+    if options.choice is not None:
+        extra["structured_outputs"] = {"choice": list(options.choice)}
+
+
+def _logprobs(entries) -> list[TokenLogprob]:
+    """The server's streamed logprobs entries as TokenLogprob."""
+    return [TokenLogprob(token=e.token, logprob=e.logprob, bytes=list(e.bytes or e.token.encode()),
+                         top=[TokenLogprob(token=t.token, logprob=t.logprob, bytes=list(t.bytes or t.token.encode()))
+                              for t in e.top_logprobs or []])
+            for e in entries]

@@ -324,6 +324,7 @@ class AnswerService:
         job._start()
         try:
             reply = answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
+            job.logprobs = reply.logprobs
             self._pump(job, reply)
         except VlassistError as exc:
             self._end(job, "failed", error=str(exc))

@@ -58,6 +58,7 @@ class Job:
         self.text = ""
         self.stats = Stats()
         self.error: str | None = None
+        self.logprobs: list | None = None  # the reply's TokenLogprob list, growing as tokens are chosen, if asked
         self.saved: bool | None = None  # after the end: whether the sink stored the final answer (None: no sink)
         self.submitted = time.monotonic()
         self.started: float | None = None

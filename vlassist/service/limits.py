@@ -20,6 +20,14 @@ class LimitError(VlassistError):
     """A question or prompt is larger than this server accepts."""
 
 
+class ContextLengthError(LimitError):
+    """A prompt does not fit the model's context (less the answer's room) or the prompt cap."""
+
+    def __init__(self, message: str, tokens: int, limit: int):
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit
+
+
 def check_question(text: str, max_chars: int) -> None:
     """Refuse a question longer than `max_chars` characters."""
     if len(text) > max_chars:
@@ -51,9 +59,9 @@ def check_prompt(answerer: Answerer, turns: Sequence[Turn], options: GenerationO
     followup = sum(turn.role == "user" for turn in turns) > 1
     remedy = ("start a new conversation (this one has grown too long), or shorten the question"
               if followup else "shorten the question")
-    raise LimitError(f"this request needs {tokens:,} tokens (text and images), over the limit of {limit:,} "
+    raise ContextLengthError(f"this request needs {tokens:,} tokens (text and images), over the limit of {limit:,} "
                      f"(room is kept for a {options.max_new_tokens:,}-token answer); {remedy}, attach fewer "
-                     "images, or use a lower resolution")
+                     "images, or use a lower resolution", tokens, limit)
 
 
 def context_admission(answerer: Answerer, max_prompt_tokens: int, max_chars: int | None = None) -> Admission:
@@ -68,6 +76,19 @@ def context_admission(answerer: Answerer, max_prompt_tokens: int, max_chars: int
     return admit
 
 
+def options_admission(answerer: Answerer) -> Admission:
+    """An admission check refusing options the answerer cannot use (a grammar over its limits, a bad logit bias),
+    for answerers that can tell (`check_options`); grammars are compiled, and cached, here rather than in the queue."""
+
+    def admit(request: Request) -> None:
+        check = getattr(answerer, "check_options", None)
+        if check is not None:
+            check(request.options)
+
+    return admit
+
+
 def default_admission(answerer: Answerer, settings: Settings) -> list[Admission]:
-    """The checks every front end passes to AnswerService: question length, then prompt size."""
-    return [context_admission(answerer, settings.max_prompt_tokens, settings.max_question_chars)]
+    """The checks every front end passes to AnswerService: question length, prompt size, then the options."""
+    return [context_admission(answerer, settings.max_prompt_tokens, settings.max_question_chars),
+            options_admission(answerer)]

@@ -34,6 +34,7 @@ def run_choices(service, jobs: list[Job], answerer: Answerer) -> None:
 
     def one(job: Job, reply) -> None:
         try:
+            job.logprobs = getattr(reply, "logprobs", None)
             service._pump(job, reply)
         except Exception as exc:
             if not isinstance(exc, VlassistError):
