@@ -249,3 +249,21 @@ def test_a_lone_row_decodes_in_the_static_buffers_until_another_joins(static_eng
     for want, gen in zip(expected, gens):
         assert torch.equal(want, gen.output)
     engine.prefixes.clear()
+
+
+def test_rows_with_penalties_bias_and_logprobs_match_alone(manual):
+    """Per-row extras (penalties, logit bias, log-probabilities) apply to their own row only, as alone."""
+    engine, scheduler = manual
+    convs = conversations()[:2]
+    extras = GenerationOptions(max_new_tokens=16, min_new_tokens=16, frequency_penalty=1.5, presence_penalty=0.5,
+                               logit_bias=((7, 5.0),), logprobs=2)
+    plain = GenerationOptions(max_new_tokens=16, min_new_tokens=16)
+    expected = [alone(engine, convs[0], extras), alone(engine, convs[1], plain)]
+    engine.prefixes.clear()
+    gens = [generate.prepare(engine, convs[0], extras), generate.prepare(engine, convs[1], plain)]
+    gens[0].logprobs = []
+    rows = [scheduler.submit(gen)[0] for gen in gens]
+    run_until(scheduler, lambda: all(row.done.is_set() for row in rows))
+    for want, gen in zip(expected, gens):
+        assert torch.equal(want, gen.output)
+    assert len(gens[0].logprobs) == 16 and gens[1].logprobs is None
