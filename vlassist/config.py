@@ -46,6 +46,8 @@ class Settings:
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
     models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
+    parallel: int = 0  # answers decoded together by the local engine; 0: from the memory budget (1 on the CPU)
+    prefill_chunk: int = 512  # prompt tokens prefilled between two decode steps of the answers already running
     metrics: bool = True  # `vlassist serve` answers GET /metrics (Prometheus text), behind the API key if one is set
     quant: str = "none"  # int8 | int4: quantize a 16-bit checkpoint's text model at load (kept in cache_root)
     max_request_megapixels: float = 200.0  # decoded pixels one request's images may take (refused from headers)
@@ -127,6 +129,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_family=backend_family,
         models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
+        parallel=_number(env, "VLASSIST_PARALLEL", int, 0, 0, 256),
+        prefill_chunk=_number(env, "VLASSIST_PREFILL_CHUNK", int, 512, 16, 1_048_576),
         metrics=_choice(env, "VLASSIST_METRICS", ("1", "0", "on", "off", "true", "false"), "1") in ("1", "on", "true"),
         quant=_choice(env, "VLASSIST_QUANT", QUANT, "none"),
         max_request_megapixels=_number(env, "VLASSIST_MAX_REQUEST_MEGAPIXELS", float, 200.0, 1, 100_000),

@@ -64,6 +64,7 @@ class GenerationOptions:
     seed: int | None = None
     use_cache: bool = True  # reuse prefix KV caches across turns where the engine can
     json_schema: str | None = None  # constrain the answer to JSON valid against this JSON Schema (text)
+    stop_strings: tuple[str, ...] = ()  # the answer ends once its text contains one of these (it is kept in)
     frequency_penalty: float = 0.0  # subtracted from a token's logit once per time it is in the answer
     presence_penalty: float = 0.0  # subtracted once from every token already in the answer
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit) pairs
@@ -87,7 +88,7 @@ class GenerationOptions:
                 "min_p": self.min_p or None, "repetition_penalty": self.repetition_penalty}
 
 
-StopReason = Literal["eos", "length", "stopped", "error"]
+StopReason = Literal["eos", "length", "stopped", "error", "stop_string"]
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Stats:
     stop_reason: StopReason = "eos"
     images: list[Sizing] = field(default_factory=list)
     error: str | None = None
+    batch_rows: int = 1  # the most answers that shared one of this answer's decode steps (continuous batching)
 
     def to_dict(self) -> dict:
         """Plain-JSON form for storage and `--json-stats`."""

@@ -4,6 +4,7 @@ tokenize/detokenize and Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -29,6 +30,7 @@ from vlassist.service.jobs import Request as JobRequest
 from vlassist.service.limits import ContextLengthError, LimitError
 
 from . import convert, params, tokens
+from .choices import Choices
 from .convert import ApiError
 from .imagebudget import check_images, image_parts
 from .limits import BodyLimit
@@ -140,8 +142,9 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness, with the queue's length (no key needed: load balancers poll it)."""
-        return {"status": "ok", "model": model_id, "queued": service.queued}
+        """Liveness, with the queue's length and the answers running (no key needed: load balancers poll it)."""
+        return {"status": "ok", "model": model_id, "queued": service.queued, "answering": service.answering,
+                "slots": service.slots}
 
     def card() -> ModelCard:
         context = getattr(service.answerer, "context_tokens", None)
@@ -178,7 +181,7 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
         check_request(body)
         stops = convert.stop_strings(body)
 
-        def queue() -> Job:
+        def queue() -> list[Job]:
             # Images are admitted from their headers first (pixels, visual tokens), then decoded straight to
             # their model-input size: a request that cannot be answered never decodes a pixel.
             answerer = service.answerer
@@ -190,15 +193,30 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
                 raise _admission_error(exc, body) from None
             with decode_for(fit):
                 turns, details = convert.to_turns(body)
+            # The engine ends a row at a stop string too, so its slot frees at once; the cutter trims the text.
+            options = dataclasses.replace(convert.to_options(body, details, settings), stop_strings=tuple(stops))
             try:
-                return service.submit(JobRequest(turns, convert.to_options(body, details, settings)))
+                if body.n > 1:
+                    return service.submit_choices(JobRequest(turns, options), body.n)
+                return [service.submit(JobRequest(turns, options))]
             except VlassistError as exc:
                 raise _admission_error(exc, body) from None
 
         # Decoding images and counting the prompt's tokens are CPU work (on untrusted bytes): off the event loop,
         # in one hop, so the job is queued the moment its images are ready.
-        job = await run_in_threadpool(queue)
-        answer = _Answer(service, job, request, StopCutter(stops), model_id, family, body, metrics)
+        jobs = await run_in_threadpool(queue)
+        if len(jobs) > 1:
+            answers = [_Answer(service, job, request, StopCutter(stops), model_id, family, body, metrics, index)
+                       for index, job in enumerate(jobs)]
+            choices = Choices(answers)
+            if body.stream:
+                return StreamingResponse(choices.events(), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            try:
+                return await choices.whole()
+            except _ClientGone:
+                return JSONResponse({}, status_code=499)
+        answer = _Answer(service, jobs[0], request, StopCutter(stops), model_id, family, body, metrics)
         if body.stream:
             return StreamingResponse(answer.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -214,9 +232,9 @@ class _Answer:
     """One request's job seen from the event loop: its text as it grows, stop strings, the response bodies."""
 
     def __init__(self, service: AnswerService, job: Job, request: Request, cutter: StopCutter, model: str,
-                 family: str, body: ChatRequest, metrics: ApiMetrics | None = None):
+                 family: str, body: ChatRequest, metrics: ApiMetrics | None = None, index: int = 0):
         self.service, self.job, self.request, self.cutter = service, job, request, cutter
-        self.model, self.family, self.body, self.metrics = model, family, body, metrics
+        self.model, self.family, self.body, self.metrics, self.index = model, family, body, metrics, index
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.text = ""
@@ -325,7 +343,7 @@ class _Answer:
         reason = convert.finish_reason(self.job.stats, self.cutter.hit, bool(calls))
         content = self.tools.content if self.tools.content or not calls else None
         message = AssistantMessage(content=content, tool_calls=calls)
-        choice = Choice(message=message, finish_reason=reason, logprobs=self._logprobs(final=True))
+        choice = Choice(index=self.index, message=message, finish_reason=reason, logprobs=self._logprobs(final=True))
         return ChatCompletion(id=self.id, created=self.created, model=self.model, usage=self._usage(),
                               choices=[choice], vlassist=self._extension())
 
@@ -343,12 +361,16 @@ class _Answer:
     def _chunk(self, delta: Delta, finish: str | None = None, logprobs: ChoiceLogprobs | None = None,
                **extra) -> str:
         chunk = ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                    choices=[ChunkChoice(delta=delta, finish_reason=finish, logprobs=logprobs)],
+                                    choices=[ChunkChoice(index=self.index, delta=delta, finish_reason=finish,
+                                                         logprobs=logprobs)],
                                     **extra)
         return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
 
-    async def events(self) -> AsyncIterator[str]:
-        """Server-sent events: a role chunk, text chunks, a finish chunk with the extension, usage, `[DONE]`."""
+    async def events(self, last: bool = True) -> AsyncIterator[str]:
+        """Server-sent events: a role chunk, text chunks, a finish chunk with the extension, usage, `[DONE]`.
+
+        With `last` false (one of n choices) the usage chunk and `[DONE]` are left to the caller.
+        """
         try:
             yield self._chunk(Delta(role="assistant", content=""))
             async for piece in self._pieces():
@@ -368,13 +390,14 @@ class _Answer:
                 reason = convert.finish_reason(self.job.stats, self.cutter.hit, bool(self.tools.calls))
                 closing += self._chunk(Delta(), reason, vlassist=self._extension())
                 options = self.body.stream_options
-                if options is not None and options.include_usage:
+                if last and options is not None and options.include_usage:
                     usage = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[],
                                                 usage=self._usage())
                     closing += f"data: {usage.model_dump_json(exclude_none=True)}\n\n"
-            yield closing + "data: [DONE]\n\n"
+            yield closing + "data: [DONE]\n\n" if last else closing
         except _ClientGone:
             return
         finally:
             # However the stream ends (client gone, server cancelled the task), the job must not keep the model.
             self.service.cancel(self.job.id)
+

@@ -140,6 +140,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     response_format: ResponseFormat | None = None
+    n: int = Field(default=1, ge=1, le=16)  # choices from one prefill, decoded side by side
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -195,7 +196,7 @@ class ChoiceLogprobs(BaseModel):
 
 
 class Choice(BaseModel):
-    """The one choice vlassist returns (n is always 1)."""
+    """One of the `n` choices (one prefill, each decoded as its own row)."""
 
     index: int = 0
     message: AssistantMessage
@@ -240,7 +241,7 @@ class Delta(BaseModel):
 
 
 class ChunkChoice(BaseModel):
-    """The one choice of a streamed chunk."""
+    """One choice's part of a streamed chunk (`index` says which of the `n`)."""
 
     index: int = 0
     delta: Delta

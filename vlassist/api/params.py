@@ -18,7 +18,6 @@ from .models import ChatRequest
 LABELS = ("user", "metadata", "safety_identifier", "prompt_cache_key")
 # Fields accepted only with the value that asks for what this server does anyway.
 NEUTRAL: dict[str, tuple] = {
-    "n": (1,),
     "store": (False,),
     "service_tier": ("auto", "default"),
     "modalities": (["text"],),

@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5  # open streams get this long to end on Ctrl+C / SIGTERM
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Serve until interrupted; every request queues FIFO on one service, as the page's do."""
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, answerer=None) -> int:
+    """Serve until interrupted (`answerer`, else the one settings name); requests share one service, as the page's."""
     set_decode_budget(int(settings.max_decode_megapixels * 1_000_000))
-    answerer = load_answerer(settings)
+    answerer = answerer if answerer is not None else load_answerer(settings)
     info = answerer.info
     # The same refusals as the page's (too long a question or prompt), before a request waits in the queue.
     admission = context_admission(answerer, settings.max_prompt_tokens, settings.max_question_chars)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import queue
 import threading
@@ -13,7 +14,7 @@ import torch
 from vlassist import offline  # noqa: F401  (sets the offline switches before transformers is imported)
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
-from vlassist.engine import batched, compilecache, generate
+from vlassist.engine import batched, compilecache, generate, slots
 from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, prompt_tools
 from vlassist.engine.fastdecode import build_decoder
 from vlassist.engine.kvcache import PrefixStore
@@ -53,11 +54,15 @@ class Engine:
         self.decode_block = DECODE_BLOCK  # 0: choose every token on the host, one step at a time
         self.short_prefill = True  # few new text tokens after a reused prefix: prefill them in the static buffers
         self.upgrade = None  # a DecoderUpgrade while a faster decoder is built beside the serving one
+        self.scheduler = None  # a continuous decode batch (scheduler.py) when several answers may decode together
+        self._encoding = threading.Lock()  # answers are encoded on their callers' threads; the pixel memo is shared
 
     def close(self) -> None:
         """Unload: wait for the running answer (and a background compile), drop the model, its caches and decoders."""
         if self.upgrade is not None:
             self.upgrade.wait()  # it builds on the model and swaps its decoder in under the device lock
+        if self.scheduler is not None:
+            self.scheduler.close()
         with self._lock:
             self.model = self.processor = self.fast = self.upgrade = self.pixels = None
             self.prefixes.clear()
@@ -72,7 +77,17 @@ class Engine:
     @property
     def busy(self) -> bool:
         """True while some caller is generating."""
-        return self._lock.locked()
+        return self._lock.locked() or (self.scheduler is not None and self.scheduler.busy)
+
+    @property
+    def slots(self) -> int:
+        """How many answers decode together (the answer service runs this many at once)."""
+        return self.scheduler.slots if self.scheduler is not None else 1
+
+    @property
+    def row_tokens(self) -> int | None:
+        """The most tokens (prompt and answer) one answer's K/V may take in the decode batch; None: no cap."""
+        return self.scheduler.room_tokens if self.scheduler is not None else None
 
     def plan(self, image: LoadedImage | tuple[int, int], options: GenerationOptions = GenerationOptions()) -> Sizing:
         """The model-input size and visual tokens this image will get under `options`."""
@@ -169,11 +184,76 @@ class Engine:
         stop = stop or threading.Event()
         stats = Stats()
         logprobs = [] if options.logprobs is not None else None
+        if self.scheduler is not None:
+            chunks = self._run_batched(list(turns), options, [stop], [stats], on_queued, [logprobs])[0]
+            return Reply(chunks, stats, stop, logprobs)
         return Reply(self._run(list(turns), options, stop, stats, on_queued, logprobs), stats, stop, logprobs)
+
+    def stream_choices(self, turns: Sequence[Turn], options: GenerationOptions, count: int,
+                       stops: Sequence[threading.Event] | None = None) -> list[Reply]:
+        """`count` answers to the same turns from one prefill (the API's `n`); each seeded seed + i when seeded."""
+        if self.model is None:
+            raise GenerationError("this model was unloaded: another one was loaded in its place")
+        stops = list(stops) if stops is not None else [threading.Event() for _ in range(count)]
+        stats = [Stats() for _ in range(count)]
+        logprobs = [[] if options.logprobs is not None else None for _ in range(count)]
+        if self.scheduler is None:  # one at a time: each choice is its own answer (its prefix is reused)
+            return [Reply(self._run(list(turns), _nth(options, i), stop, stat, None, lp), stat, stop, lp)
+                    for i, (stop, stat, lp) in enumerate(zip(stops, stats, logprobs))]
+        chunks = self._run_batched(list(turns), options, stops, stats, None, logprobs)
+        return [Reply(c, stat, stop, lp) for c, stat, stop, lp in zip(chunks, stats, stops, logprobs)]
+
+    def _run_batched(self, turns, options, stops, stats, on_queued, logprobs) -> list[Iterator[str]]:
+        """Encode once, queue the answer (and its copies) in the decode batch; one chunk iterator per answer."""
+        requested = time.perf_counter()
+        with self._encoding:
+            first = generate.prepare(self, turns, options, stops[0], stats[0])
+        gens = [first] + [generate.Generation(first.inputs, first.image_keys, _nth(options, i), stop, _sink(self),
+                                              _copy_stats(first.stats, stat))
+                          for i, (stop, stat) in enumerate(zip(stops[1:], stats[1:]), start=1)]
+        for gen, noted in zip(gens, logprobs):
+            gen.logprobs = noted  # each answer token's log-probability, when asked for
+        if not self.scheduler.fits(first.total):
+            raise GenerationError(f"this answer needs {first.total:,} tokens of K/V (prompt and answer), over the "
+                                  f"{self.scheduler.room_tokens:,} one answer may take here; shorten the "
+                                  "conversation, lower the resolution or the answer length")
+        if on_queued is not None and self.scheduler.must_wait():
+            on_queued()
+        rows = self.scheduler.submit(first, gens[1:])
+        return [self._follow(row, requested) for row in rows]
+
+    def _follow(self, row, requested: float) -> Iterator[str]:
+        """Yield one batch row's text as it is chosen; stats filled in when it ends."""
+        gen = row.gen
+        drained = False
+        try:
+            for chunk in gen.sink:
+                if chunk:
+                    yield chunk
+            drained = True
+        except queue.Empty:
+            gen.stop.set()
+            raise GenerationError(f"the model produced nothing for {self.settings.stream_timeout_s:g} s") from None
+        finally:
+            if not drained:
+                gen.stop.set()  # the caller left: the row leaves the batch at the next step
+            row.done.wait()
+            started = row.started or time.perf_counter()
+            gen.stats.queued_s = max(0.0, started - requested)
+            finish_stats(gen.stats, gen.sink, started, gen.stop.is_set(), self.eos_ids, gen.output, gen.error)
+            gen.stats.batch_rows = row.shared
+            if row.ended == "stop_string" and gen.error is None:
+                gen.stats.stop_reason = "stop_string"
+        if gen.error is not None:
+            if isinstance(gen.error, torch.cuda.OutOfMemoryError):
+                raise GenerationError("out of GPU memory: lower the resolution or the answer length") from gen.error
+            raise gen.error
 
     def answer_batch(self, conversations: Sequence[Sequence[Turn]], options: GenerationOptions = GenerationOptions(),
                      stops: Sequence[threading.Event] | None = None) -> list[tuple[str, Stats]]:
         """Answer several one-question conversations in one batched decode: (text, stats) each (batched.py)."""
+        if self.scheduler is not None:  # the rows join the continuous batch beside the interactive answers
+            return slots.answer_through(self, conversations, options, stops)
         return batched.answer_batch(self, conversations, options, stops)
 
     def batch_size_for(self, tokens_per_row: int) -> int:
@@ -235,6 +315,26 @@ class Engine:
             raise exc
 
 
+def _nth(options: GenerationOptions, index: int) -> GenerationOptions:
+    """The options of the index-th of several choices: its own seed (seed + index) when seeded."""
+    if index == 0 or options.seed is None:
+        return options
+    return dataclasses.replace(options, seed=options.seed + index)
+
+
+def _sink(engine: Engine):
+    from vlassist.engine.streaming import TimedStreamer
+
+    return TimedStreamer(engine.processor.tokenizer, timeout=engine.settings.stream_timeout_s)
+
+
+def _copy_stats(source: Stats, target: Stats) -> Stats:
+    """The prompt's stats (tokens, images) copied into another choice's stats."""
+    target.prompt_tokens, target.visual_tokens = source.prompt_tokens, source.visual_tokens
+    target.images = list(source.images)
+    return target
+
+
 def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
     """Load the checkpoint named by settings and return a ready engine; `progress` hears each stage (loader.py)."""
     model, processor, _family, info = load(settings, progress)
@@ -242,6 +342,7 @@ def load_engine(settings: Settings, progress: Progress | None = None) -> Engine:
     if progress is not None:
         progress("warmup", 0.85, "Warming up: building the decode step (a compile can take a minute or two)")
     warm_up(engine)
+    engine.scheduler = slots.make_scheduler(engine)
     if progress is not None:
         progress("ready", 1.0, "Ready")
     return engine

@@ -1,4 +1,8 @@
-"""The answer service: one per process, it owns the answerer and runs requests one at a time, in arrival order."""
+"""The answer service: one per process, it owns the answerer and starts requests in arrival order.
+
+It runs as many jobs at once as the answerer has slots (`answerer.slots`: the local engine's continuous decode
+batch; 1 when absent); a job waits in the FIFO queue, with its position, only while every slot is taken.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from vlassist.conversation import Answerer
 from vlassist.errors import VlassistError
+from vlassist.service import units
 from vlassist.service.jobs import Job, Outcome, Request
 
 log = logging.getLogger(__name__)
@@ -26,8 +31,9 @@ class AnswerService:
         self.admission = list(admission)
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
-        self._running: Job | None = None
+        self._active: list[Job] = []  # the running jobs
         self._groups: dict[str, list[Job]] = {}  # job id → the jobs submitted with it by submit_group
+        self._choices: set[str] = set()  # ids of jobs that are n choices of one request (submit_choices)
         self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -78,6 +84,28 @@ class AnswerService:
             self._wake.notify_all()  # the worker, and a switch waiting on the same condition
         return jobs
 
+    def submit_choices(self, request: Request, count: int, admitted: bool = False) -> list[Job]:
+        """Queue `count` answers to one request (the API's `n`): one prefill where the answerer can share it."""
+        if not admitted:
+            self.admit(request)
+        jobs = [Job(request) for _ in range(count)]
+        with self._wake:
+            self._refuse_if_closed()
+            for job in jobs:
+                self._jobs[job.id] = job
+                self._groups[job.id] = jobs
+                if count > 1:
+                    self._choices.add(job.id)
+            self._queue.extend(jobs)
+            self._wake.notify_all()
+        return jobs
+
+    @property
+    def slots(self) -> int:
+        """How many jobs run at once: the answerer's slots."""
+        slots = getattr(self.answerer, "slots", 1)
+        return slots if isinstance(slots, int) and slots > 0 else 1
+
     def get(self, job_id: str) -> Job | None:
         """The job with this id, queued, running or recently finished."""
         with self._lock:
@@ -91,7 +119,7 @@ class AnswerService:
 
     def cancel(self, job_id: str) -> bool:
         """Stop a job: a queued one never starts, a running one ends within one decode step. False if unknown/done."""
-        with self._lock:
+        with self._wake:
             job = self._jobs.get(job_id)
             if job is None or job.done:
                 return False
@@ -99,6 +127,7 @@ class AnswerService:
             queued = job in self._queue
             if queued:
                 self._queue.remove(job)
+                self._wake.notify_all()  # the worker may wait for this queue to empty (close)
         if queued:
             self._end(job, "stopped")
         return True
@@ -110,12 +139,16 @@ class AnswerService:
         return sum(self.cancel(job_id) for job_id in ids)
 
     def position(self, job: Job) -> int:
-        """1 for the next job to start, 2 for the one after…; 0 once it runs or has ended."""
+        """1 for the next job to start, 2 for the one after…; 0 once it runs or has ended, or while a slot is free."""
         with self._lock:
             try:
-                return self._queue.index(job) + 1
+                index = self._queue.index(job)
             except ValueError:
                 return 0
+            if self._follows_another(index):  # it waits for its own conversation's earlier answer
+                return index + 1
+            free = self.slots - len(self._active)
+            return 0 if index < free else index - max(free, 0) + 1
 
     def estimate_s(self, job: Job) -> float | None:
         """Roughly how long until this job starts, from recent answers' durations; None before any finished."""
@@ -127,17 +160,25 @@ class AnswerService:
                 ahead = self._queue.index(job)
             except ValueError:
                 return 0.0
-            running = self._running
-        left = 0.0
-        if running is not None and running.started is not None:
-            left = max(0.0, typical - (time.monotonic() - running.started))
-        return left + ahead * typical
+            slots = self.slots
+            if ahead < slots - len(self._active):
+                return 0.0
+            started = [j.started for j in self._active if j.started is not None]
+        # The first slot frees when the oldest running answer ends; each `slots` jobs ahead take one answer's time.
+        left = max(0.0, typical - (time.monotonic() - min(started))) if started else 0.0
+        return left + (ahead // slots) * typical
 
     @property
     def running(self) -> bool:
         """True while a job runs on the answerer."""
         with self._lock:
-            return self._running is not None
+            return bool(self._active)
+
+    @property
+    def answering(self) -> int:
+        """How many jobs run right now (at most `slots`)."""
+        with self._lock:
+            return len(self._active)
 
     @property
     def queued(self) -> int:
@@ -149,8 +190,7 @@ class AnswerService:
         """Stop taking jobs, cancel every queued and running one, and wait for the worker to end."""
         with self._wake:
             self._closed = True
-            running = self._groups.get(self._running.id, [self._running]) if self._running else []
-            pending = list(self._queue) + list(running)
+            pending = list(self._queue) + list(self._active)
             self._wake.notify_all()  # the worker, and a switch waiting on the same condition
         for job in pending:
             self.cancel(job.id)
@@ -183,7 +223,7 @@ class AnswerService:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job runs (the running one has ended); True if so within `timeout` seconds."""
         with self._wake:
-            return self._wake.wait_for(lambda: self._running is None, timeout)
+            return self._wake.wait_for(lambda: not self._active, timeout)
 
     def replace_answerer(self, answerer: Answerer, admission: Sequence[Admission] | None = None,
                          timeout: float | None = None) -> Answerer:
@@ -192,7 +232,7 @@ class AnswerService:
         A running job ends on the answerer it started on: this waits for it (up to `timeout` seconds).
         """
         with self._wake:
-            if not self._wake.wait_for(lambda: self._running is None, timeout):
+            if not self._wake.wait_for(lambda: not self._active, timeout):
                 raise VlassistError("the running answer did not end in time to switch the model")
             old, self.answerer = self.answerer, answerer
             if admission is not None:
@@ -213,44 +253,79 @@ class AnswerService:
     # ---- the worker thread ----
 
     def _work(self) -> None:
+        runners: list[threading.Thread] = []
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: (self._queue and self._paused is None) or self._closed)
+                self._wake.wait_for(lambda: (self._queue and self._paused is None and self._next() is not None)
+                                    or (self._closed and not self._queue))
                 if self._closed and not self._queue:
-                    return
-                job = self._queue.popleft()
-                self._running = job
+                    break
+                job = self._queue[self._next()]
+                self._queue.remove(job)
                 answerer = self.answerer  # the job runs to its end on this one, even if it is replaced meanwhile
                 # The rest of its group (those not cancelled while queued) leaves the queue with it.
-                group = [job] + [j for j in self._groups.get(job.id, ()) if j in self._queue]
+                group = [job] + [j for j in self._groups.get(job.id, ()) if j in self._queue and j is not job]
                 for member in group[1:]:
                     self._queue.remove(member)
-            try:
-                if len(group) > 1:
-                    self._run_group(group, answerer)
-                else:
-                    self._run(job, answerer)
-            finally:
-                with self._wake:
-                    self._running = None
-                    self._wake.notify_all()  # pause() and replace_answerer() wait for this
-                    for member in group:
-                        self._groups.pop(member.id, None)
-                        if member.started is not None and member.finished is not None and member.outcome == "complete":
-                            # A group's time is shared by its jobs, so the wait estimate counts each job's part.
-                            self._durations.append((member.finished - member.started) / len(group))
-                    self._forget_old()
+                self._active.extend(group)
+            runner = threading.Thread(target=self._run_unit, args=(group, answerer), name="vlassist-answer",
+                                      daemon=True)
+            runner.start()
+            runners = [r for r in runners if r.is_alive()] + [runner]
+        for runner in runners:
+            runner.join()
+
+    def _next(self) -> int | None:
+        """Index of the queued job to start now (the oldest one that may), or None while none can."""
+        # Answers of one conversation run in order (a follow-up is built on the answer before it); others overtake
+        # a waiting follow-up rather than leave a slot idle.
+        for index, job in enumerate(self._queue):
+            if self._follows_another(index):
+                continue
+            group = self._groups.get(job.id, ())
+            need = min(max(len(group), 1), self.slots)
+            return index if not self._active or len(self._active) + need <= self.slots else None
+        return None
+
+    def _follows_another(self, index: int) -> bool:
+        """True if the queued job at `index` must wait for an earlier answer of its conversation to end."""
+        job = self._queue[index]
+        conversation = job.request.conversation_id
+        if conversation is None:
+            return False
+        group = self._groups.get(job.id, ())
+        earlier = [j for j in self._active if j not in group]
+        earlier += [j for j in list(self._queue)[:index] if j not in group]
+        return any(j.request.conversation_id == conversation for j in earlier)
+
+    def _run_unit(self, group: list[Job], answerer: Answerer) -> None:
+        """Run one job, a submit_group or n choices to its end on this runner thread, then free their slots."""
+        try:
+            if len(group) > 1 and group[0].id in self._choices:
+                units.run_choices(self, group, answerer)
+            elif len(group) > 1:
+                units.run_group(self, group, answerer)
+            else:
+                self._run(group[0], answerer)
+        finally:
+            with self._wake:
+                for member in group:
+                    if member in self._active:
+                        self._active.remove(member)
+                    self._groups.pop(member.id, None)
+                    self._choices.discard(member.id)
+                    if member.started is not None and member.finished is not None and member.outcome == "complete":
+                        # A group's time is shared by its jobs, so the wait estimate counts each job's part.
+                        self._durations.append((member.finished - member.started) / len(group))
+                self._forget_old()
+                self._wake.notify_all()  # the worker, pause() and replace_answerer() wait for this
 
     def _run(self, job: Job, answerer: Answerer) -> None:
         job._start()
-        sink = job.request.sink
         try:
             reply = answerer.stream(job.request.build_turns(), job.request.options, stop=job.cancel_event)
             job.logprobs = reply.logprobs
-            for chunk in reply:
-                job._append(chunk)
-                if sink is not None:
-                    sink.progress(job.text)
+            self._pump(job, reply)
         except VlassistError as exc:
             self._end(job, "failed", error=str(exc))
             return
@@ -259,37 +334,16 @@ class AnswerService:
             self._end(job, "failed", error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
             return
         stopped = reply.stats.stop_reason == "stopped" or job.cancelled
-        self._end(job, "stopped" if stopped else "complete", reply.stats)
+        self._end(job, "stopped" if stopped else "complete", units.waited(job, reply.stats))
 
-    def _run_group(self, jobs: list[Job], answerer: Answerer) -> None:
-        """Answer a submit_group's jobs in one answer_batch call; each job ends with its own outcome."""
-        answer_batch = getattr(answerer, "answer_batch", None)
-        if answer_batch is None:
-            for job in jobs:
-                self._run(job, answerer)
-            return
-        for job in jobs:
-            job._start()
-        try:
-            results = answer_batch([job.request.build_turns() for job in jobs], jobs[0].request.options,
-                                   [job.cancel_event for job in jobs])
-        except Exception as exc:  # the whole group failed (out of memory, a device fault): each job says so
-            if not isinstance(exc, VlassistError):
-                log.exception("answer group %s failed", ", ".join(job.id for job in jobs))
-            error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            for job in jobs:
-                self._end(job, "failed", error=error)
-            return
-        for job, (text, stats) in zip(jobs, results):
-            if text:
-                job._append(text)
-                if job.request.sink is not None:
-                    job.request.sink.progress(job.text)
-            if stats.stop_reason == "error":
-                self._end(job, "failed", stats, stats.error or "the answer failed")
-            else:
-                stopped = stats.stop_reason == "stopped" or job.cancelled
-                self._end(job, "stopped" if stopped else "complete", stats)
+    @staticmethod
+    def _pump(job: Job, reply) -> None:
+        """Append the reply's chunks to the job (and its sink) as they come."""
+        sink = job.request.sink
+        for chunk in reply:
+            job._append(chunk)
+            if sink is not None:
+                sink.progress(job.text)
 
     def _end(self, job: Job, outcome: Outcome, stats=None, error: str | None = None) -> None:
         if stats is None:

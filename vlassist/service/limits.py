@@ -38,9 +38,12 @@ def check_question(text: str, max_chars: int) -> None:
 def prompt_limit(answerer: Answerer, options: GenerationOptions, max_prompt_tokens: int) -> int:
     """The most prompt tokens a request may take: the model's context less the answer's room, and the cap."""
     context = getattr(answerer, "context_tokens", None)
-    if not isinstance(context, int):
-        return max_prompt_tokens
-    return max(0, min(max_prompt_tokens, context - options.max_new_tokens))
+    limit = max_prompt_tokens if not isinstance(context, int) else min(max_prompt_tokens,
+                                                                        context - options.max_new_tokens)
+    row = getattr(answerer, "row_tokens", None)  # the K/V room one answer may take in a decode batch
+    if isinstance(row, int):
+        limit = min(limit, row - options.max_new_tokens)
+    return max(0, limit)
 
 
 def check_prompt(answerer: Answerer, turns: Sequence[Turn], options: GenerationOptions,

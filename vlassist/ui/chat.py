@@ -89,6 +89,9 @@ def stats_caption(stats: Stats | None) -> str:
         parts.append(f"{stats.total_s:.1f} s total")
     if stats.stop_reason == "length":
         parts.append("cut at the answer length")
+    if stats.batch_rows > 1:
+        parts.append(f"decoded together with up to {stats.batch_rows - 1} other answer"
+                     f"{'s' if stats.batch_rows > 2 else ''}")
     return " · ".join(parts)
 
 
