@@ -205,7 +205,7 @@ def test_a_logit_bias_outside_the_vocabulary_is_a_400(client):
 
 def test_a_prompt_over_the_context_is_400_context_length_exceeded(client):
     """A prompt the context cannot hold gets OpenAI's 400 context_length_exceeded with both token counts."""
-    error = refused(client, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=2000)
+    error = refused(client, messages=[{"role": "user", "content": "word " * 3000}], max_tokens=15000)
     assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
     assert re.search(r"needs [\d,]+ tokens .* limit of [\d,]+", error["message"])
 

@@ -59,9 +59,10 @@ def check_prompt(answerer: Answerer, turns: Sequence[Turn], options: GenerationO
     context = getattr(answerer, "context_tokens", None)
     if isinstance(context, int) and tokens <= max_prompt_tokens and tokens < context:
         # The prompt itself fits: only the room kept for the answer does not, so a shorter answer is the remedy.
-        raise LimitError(f"this request needs {tokens:,} tokens (text and images), and with room for a "
-                         f"{options.max_new_tokens:,}-token answer it does not fit the model's {context:,}-token "
-                         f"context; choose a shorter answer length (up to {context - tokens:,} tokens fit)")
+        raise ContextLengthError(f"this request needs {tokens:,} tokens (text and images), over the limit of "
+                                 f"{limit:,} left by a {options.max_new_tokens:,}-token answer in the model's "
+                                 f"{context:,}-token context; choose a shorter answer length (up to "
+                                 f"{context - tokens:,} tokens fit)", tokens, limit)
     followup = sum(turn.role == "user" for turn in turns) > 1
     remedy = ("start a new conversation (this one has grown too long), or shorten the question"
               if followup else "shorten the question")
