@@ -14,6 +14,7 @@ from vlassist.families import FAMILIES
 DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 COMPILE = ("auto", "compile", "graph", "static", "off")
+ADAPTER_MODES = ("auto", "merge", "side")
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
 DEFAULT_IMAGE_TOKENS = GenerationOptions().max_image_tokens  # one default, kept in GenerationOptions
 
@@ -45,6 +46,8 @@ class Settings:
     backend_family: str | None = None  # box coordinates of the server's model; None: guessed from its name
     models_dir: Path | None = None  # checkpoints the page offers to switch to; None: the model folder's parent
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
+    adapter_dir: Path | None = None  # a peft LoRA adapter folder applied to the model at load; None: none
+    adapter_mode: str = "auto"  # auto: merged into 16-bit weights, a side path on quantized ones; merge | side
 
     @property
     def models_root(self) -> Path:
@@ -117,4 +120,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backend_family=backend_family,
         models_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_MODELS_DIR", "").strip()) else None,
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
+        adapter_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_ADAPTER", "").strip()) else None,
+        adapter_mode=_choice(env, "VLASSIST_ADAPTER_MODE", ADAPTER_MODES, "auto"),
     )

@@ -87,6 +87,11 @@ def _swap_class(module: nn.Module, forward) -> None:
     module.__class__ = fused
 
 
+def _plain(*modules: nn.Module) -> bool:
+    # Only float nn.Linear weights concatenate; a wrapped (LoRA side path) or quantized projection stays as it is.
+    return all(type(m) is nn.Linear for m in modules)
+
+
 def fuse_projections(model) -> str:
     """Fuse q/k/v and gate/up in every layer of `model`'s language model; returns what was fused, for info."""
     text = model.model.language_model
@@ -94,11 +99,12 @@ def fuse_projections(model) -> str:
     with torch.no_grad():
         for layer in text.layers:
             attn, ff = layer.self_attn, layer.mlp
-            if type(attn).__name__ in ATTENTION_CLASSES:
+            if type(attn).__name__ in ATTENTION_CLASSES and _plain(attn.q_proj, attn.k_proj, attn.v_proj):
                 attn.qkv_sizes = _concatenate(attn, [attn.q_proj, attn.k_proj, attn.v_proj], "qkv")
                 _swap_class(attn, _attention_forward)
                 attention += 1
-            if all(hasattr(ff, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+            if all(hasattr(ff, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")) and _plain(
+                    ff.gate_proj, ff.up_proj):
                 ff.gate_up_sizes = _concatenate(ff, [ff.gate_proj, ff.up_proj], "gate_up")
                 _swap_class(ff, _mlp_forward)
                 mlp += 1

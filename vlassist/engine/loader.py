@@ -20,6 +20,7 @@ from vlassist import offline  # noqa: F401  (sets the offline switches before tr
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.engine import attention
+from vlassist.engine.adapters import apply_adapter, read_config
 from vlassist.engine.fuse import fuse_projections
 from vlassist.engine.vision_attention import use_varlen
 from vlassist.errors import ConfigError
@@ -119,6 +120,8 @@ class ModelInfo:
     upgraded_s: float = 0.0  # process start to the compiled decode step serving (built in the background)
     compile_cache: str = ""  # where compiled kernels are kept across restarts, and whether any were found
     fused: str = ""  # which projections were fused into one product each at load (CUDA only)
+    adapter: str = ""  # the LoRA adapter folder applied at load; "" when none
+    adapter_detail: str = ""  # how it was applied: layers merged, layers kept as a low-rank side path
     versions: dict = field(default_factory=dict)
 
 
@@ -242,11 +245,14 @@ def load(settings: Settings, progress: Progress | None = None):
     template = _chat_template(folder, tokenizer, family.model_type)
     processor = _image_only_processor(family.model_type, image_processor, tokenizer, template)
 
+    if settings.adapter_dir is not None:
+        read_config(Path(settings.adapter_dir))  # a wrong folder is refused before gigabytes of weights are read
     _report(progress, "weights", WEIGHTS_FROM, "Reading weights")
     model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device), progress)
     where = "GPU" if device == "cuda" else "CPU"
     _report(progress, "device", WEIGHTS_TO, f"Moving the model to the {where} and preparing it")
     model.eval()
+    applied = apply_adapter(model, Path(settings.adapter_dir), settings.adapter_mode) if settings.adapter_dir else None
     if attn == "sdpa":  # flash_attention_2 has its own varlen path; eager stays the plain reference
         use_varlen(model)
     # Fewer, larger products per decode step on the GPU; on the CPU answers stay the stock model's, bit for bit.
@@ -258,5 +264,6 @@ def load(settings: Settings, progress: Progress | None = None):
         attn=attn, attn_reason=reason, factor=family.factor, min_pixels=min_pixels,
         load_s=time.perf_counter() - started, parameters=sum(p.numel() for p in model.parameters()),
         versions={"torch": torch.__version__, "transformers": transformers.__version__}, fused=fused,
+        adapter=str(settings.adapter_dir) if applied else "", adapter_detail=applied.describe() if applied else "",
     )
     return model, processor, family, info
