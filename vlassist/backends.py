@@ -7,6 +7,22 @@ from collections.abc import Callable
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
+from vlassist.fit import FitError, check_fit
+
+
+def check_local_fit(settings: Settings) -> None:
+    """Refuse, before anything is loaded, a local checkpoint whose estimate exceeds the GPU memory budget (fit.py).
+
+    On the CPU (VLASSIST_DEVICE=cpu) the GPU budget does not apply; under `auto` the estimate is checked, as a
+    GPU is what `auto` looks for.
+    """
+    if settings.device == "cpu":
+        return
+    try:
+        check_fit(settings.model_dir, settings.gpu_memory_gb, settings.decode_context, settings.max_image_tokens,
+                  getattr(settings, "quant", None))  # VLASSIST_QUANT (int8/int4 on load), where Settings has it
+    except FitError as exc:
+        raise FitError(f"{exc}. (VLASSIST_DEVICE=cpu runs on the CPU without this limit.)") from None
 
 
 def load_answerer(settings: Settings, progress: Callable[[str, float, str], None] | None = None) -> Answerer:
@@ -25,6 +41,7 @@ def load_answerer(settings: Settings, progress: Callable[[str, float, str], None
         return answerer
     # A missing or incomplete folder is reported at once: importing torch alone takes seconds.
     inspect_checkpoint(settings.model_dir)
+    check_local_fit(settings)
     if progress is not None:
         progress("start", 0.0, "Starting PyTorch and transformers")
     from vlassist.engine import load_engine  # torch is imported only when a local model is wanted

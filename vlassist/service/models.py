@@ -20,10 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from vlassist.backends import check_local_fit
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
 from vlassist.errors import ModelNotFoundError, VlassistError
+from vlassist.fit import Fit, assess
 from vlassist.service.answering import Admission, AnswerService
 from vlassist.service.limits import default_admission
 
@@ -41,6 +43,7 @@ class ModelChoice:
     target: str
     family: str | None
     remote: bool = False
+    fit: Fit | None = None  # format, size on disk and memory estimate of a local checkpoint (fit.py)
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,11 @@ class LoadState:
         return time.monotonic() - self.started if self.started else 0.0
 
 
-def list_checkpoints(models_dir: Path) -> list[ModelChoice]:
-    """Complete, supported checkpoint folders directly under `models_dir`, by name; anything else is skipped."""
+def list_checkpoints(models_dir: Path, settings: Settings | None = None) -> list[ModelChoice]:
+    """Complete, supported checkpoint folders directly under `models_dir`, by name; anything else is skipped.
+
+    With `settings`, each carries its fit: format, size on disk, memory estimate and whether it fits this machine.
+    """
     try:
         folders = sorted((p for p in Path(models_dir).iterdir() if p.is_dir()), key=lambda p: p.name.lower())
     except OSError:
@@ -82,7 +88,13 @@ def list_checkpoints(models_dir: Path) -> list[ModelChoice]:
             family = inspect_checkpoint(folder)
         except ModelNotFoundError:
             continue  # not a checkpoint (or an incomplete one): nothing to offer
-        found.append(ModelChoice(folder.name, str(folder), family.model_type))
+        fit = None
+        if settings is not None:
+            fit = assess(folder, None if settings.device == "cpu" else settings.gpu_memory_gb, settings.decode_context,
+                         settings.max_image_tokens, getattr(settings, "quant", None))
+            if settings.device == "cpu":  # the GPU budget does not bind a CPU-only server
+                fit = Fit(fit.weights_format, fit.disk_bytes, fit.estimate, True)
+        found.append(ModelChoice(folder.name, str(folder), family.model_type, fit=fit))
     return found
 
 
@@ -177,6 +189,7 @@ class ModelSlot:
         """Begin switching every session to `choice`; VlassistError if it cannot start (at once, nothing changed)."""
         if not choice.remote:
             inspect_checkpoint(Path(choice.target))  # a broken folder is refused before anything is unloaded
+            check_local_fit(self._settings_for(choice))  # and so is one that would not fit the GPU memory budget
         with self._lock:
             if self._state.busy:
                 raise VlassistError(f"the model is already being switched to {self._state.target}; wait for it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -105,8 +106,9 @@ def follow_load(slot: ModelSlot, heading, session: str | None) -> LoadState:
 # ---- the sidebar's Model section ----
 
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
-def _checkpoints(models_dir: str) -> list[ModelChoice]:
-    return list_checkpoints(Path(models_dir))
+def _checkpoints(models_dir: str, _settings: Settings, budget: tuple) -> list[ModelChoice]:
+    # `budget` (device, memory, context, image tokens) keys the cache: the fit of each checkpoint depends on it.
+    return list_checkpoints(Path(models_dir), _settings)
 
 
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
@@ -123,13 +125,34 @@ def choices_for(answerer, settings: Settings) -> list[ModelChoice]:
     if current.remote:
         found = _server_models(answerer.info.server, answerer, settings)
     else:
-        found = _checkpoints(str(settings.models_root.resolve()))
+        budget = (settings.device, settings.gpu_memory_gb, settings.decode_context, settings.max_image_tokens,
+                  getattr(settings, "quant", None))
+        found = _checkpoints(str(settings.models_root.resolve()), settings, budget)
+    listed = next((choice for choice in found if same_model(choice, current)), None)
+    if listed is not None:
+        current = replace(current, fit=listed.fit)
     return [current] + [choice for choice in found if not same_model(choice, current)]
 
 
 def _label(choice: ModelChoice, current: ModelChoice) -> str:
     family = f" · {choice.family}" if choice.family else ""
-    return f"{choice.name}{family}" + (" (in use)" if same_model(choice, current) else "")
+    fits = "" if choice.fit is None or choice.fit.fits else " (does not fit)"
+    return f"{choice.name}{family}" + (" (in use)" if same_model(choice, current) else "") + fits
+
+
+def _fit_lines(choices: list[ModelChoice]) -> str:
+    """One line per local checkpoint: format, size on disk, estimate; greyed with the reason where it cannot run."""
+    lines = []
+    for choice in choices:
+        if choice.fit is None:
+            continue
+        text = f"`{choice.name}` · {choice.fit.summary()}"
+        if choice.fit.fits:
+            lines.append(f"- {text}")
+        else:
+            reason = choice.fit.reason.replace("[", "(").replace("]", ")")
+            lines.append(f"- :gray[{text} — cannot run here: {reason}]")
+    return "\n".join(lines)
 
 
 def _load(slot: ModelSlot, choices: list[ModelChoice], settings: Settings, owner: str) -> None:
@@ -169,9 +192,15 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
         labels = {choice.target: _label(choice, current) for choice in choices}
         picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY)
         busy = slot.state.busy
+        unfit = next((c for c in choices if c.target == picked and c.fit is not None and not c.fit.fits), None)
         st.button("Load", key="model_load", icon=":material/swap_horiz:", on_click=_load,
-                  args=(slot, choices, settings, owner), disabled=busy or picked == current.target,
+                  args=(slot, choices, settings, owner), disabled=busy or picked == current.target or bool(unfit),
                   help="Unload the model in use and load this one, for every session of this server")
+        fit_lines = _fit_lines(choices)
+        if fit_lines:
+            st.markdown(fit_lines)
+            st.caption("Memory needs are estimates (weights, K/V for the configured context, reading the largest "
+                       "image) against the GPU memory budget (VLASSIST_GPU_MEMORY_GB, 24 GiB if unset).")
         error = st.session_state.pop(ERROR_KEY, None)
         if error:
             st.error(error, icon=":material/error:")
