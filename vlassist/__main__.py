@@ -17,6 +17,8 @@ from vlassist.service.answering import AnswerService
 from vlassist.service.jobs import Job, Request
 from vlassist.service.limits import default_admission
 
+ADAPTER_HELP = "peft LoRA adapter folder applied to the model at load (default: VLASSIST_ADAPTER)"
+
 
 def _parser() -> argparse.ArgumentParser:
     defaults = GenerationOptions()
@@ -25,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="ask questions about images; the answer streams to stdout")
     ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     ask.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
+    ask.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     ask.add_argument("--prompt", "-p", action="append",
                      help="a question; repeat for follow-up questions in the same conversation; "
                           "'-' reads one from standard input (for long texts)")
@@ -49,10 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--json-stats", action="store_true", help="print each answer's stats as a JSON line on stderr")
     info = sub.add_parser("info", help="load the model and print family, device, attention and memory")
     info.add_argument("--model", type=Path)
+    info.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     serve = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", type=Path)
+    serve.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     add_batch_parser(sub, defaults)
     return ap
 
@@ -107,6 +112,8 @@ def cmd_ask(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     options = _options(args, settings)
     schema_text = _schema_text(args)
     from vlassist.service.limits import check_question
@@ -192,6 +199,8 @@ def cmd_info(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     from vlassist.backends import load_answerer
 
     engine = load_answerer(settings)
@@ -217,6 +226,8 @@ def cmd_info(args) -> int:
         print(f"cache:      {info.compile_cache}")
     if getattr(info, "fused", ""):
         print(f"fused:      {info.fused}")
+    if getattr(info, "adapter", ""):
+        print(f"adapter:    {info.adapter_detail or info.adapter}")
     print("memory:     " + ", ".join(f"{k} {v:.2f} GiB" for k, v in engine.memory().items()))
     print("versions:   " + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
     return 0
@@ -227,6 +238,8 @@ def cmd_serve(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     from vlassist.api.server import serve
 
     return serve(settings, args.host, args.port)
@@ -239,6 +252,8 @@ def cmd_batch(args) -> int:
     settings = load_settings()
     if args.model:
         settings = settings.with_(model_dir=args.model)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     schema_text = _schema_text(args)
     return run_batch(args, settings, _options(args, settings), schema_text,
                      lambda family: _prompts(args, family, schema_text)[0])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vlassist.adapter_folder import read_config
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
+from vlassist.errors import ConfigError
 from vlassist.fit import FitError, check_fit
 
 
@@ -31,6 +33,9 @@ def load_answerer(settings: Settings, progress: Callable[[str, float, str], None
     `progress(stage, fraction, detail)`, if given, hears each stage of the load (vlassist/engine/loader.py).
     """
     if settings.backend_url:
+        if settings.adapter_dir is not None:
+            raise ConfigError("VLASSIST_ADAPTER (--adapter) applies to a local model; with VLASSIST_BACKEND_URL the "
+                              "server applies its own adapters: name its model id in VLASSIST_BACKEND_MODEL")
         from vlassist.remote import RemoteAnswerer
 
         if progress is not None:
@@ -42,6 +47,8 @@ def load_answerer(settings: Settings, progress: Callable[[str, float, str], None
     # A missing or incomplete folder is reported at once: importing torch alone takes seconds.
     inspect_checkpoint(settings.model_dir)
     check_local_fit(settings)
+    if settings.adapter_dir is not None:
+        read_config(settings.adapter_dir)  # a wrong adapter folder is refused before torch is imported
     if progress is not None:
         progress("start", 0.0, "Starting PyTorch and transformers")
     from vlassist.engine import load_engine  # torch is imported only when a local model is wanted

@@ -138,6 +138,11 @@ def checkpoint_format(config: dict) -> str:
                    "FP8 and W4A16 checkpoints")
 
 
+def checkpoint_format_of(folder: Path) -> str:
+    """The weight format of the checkpoint in `folder`, from its config.json."""
+    return checkpoint_format(_read_config(Path(folder)))
+
+
 def architecture(folder: Path, name: str | None = None) -> Architecture:
     """Every parameter of the checkpoint in `folder` by part, from its config.json (Qwen2/2.5-VL and Qwen3-VL)."""
     folder = Path(folder)

@@ -14,7 +14,6 @@ Everything is checked before any weight is changed, so a mismatched adapter leav
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -24,10 +23,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from vlassist.adapter_folder import WEIGHTS_FILE, AdapterError, fail, read_config  # noqa: F401 (AdapterError: API)
 from vlassist.errors import ConfigError
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 MODES = ("auto", "merge", "side")  # auto: merge into float linears, side path on anything else
 PREFIX = "base_model.model."
 # Training-time module names of older transformers → today's, tried in order when a name is not found as is.
@@ -35,10 +33,6 @@ LEGACY_PREFIXES = (("model.layers.", "model.language_model.layers."), ("visual."
                    ("model.embed_tokens", "model.language_model.embed_tokens"),
                    ("model.norm", "model.language_model.norm"))
 _TENSOR = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
-
-
-class AdapterError(ConfigError):
-    """An adapter folder that cannot be applied to this model (one line naming the file and the problem)."""
 
 
 @dataclass
@@ -86,38 +80,6 @@ class AppliedAdapter:
         return f"{self.folder} ({', '.join(parts)} layers)"
 
 
-def _fail(path: Path, problem: str) -> AdapterError:
-    return AdapterError(f"LoRA adapter {path}: {problem}")
-
-
-def read_config(folder: Path) -> dict:
-    """The adapter's adapter_config.json, checked for what vlassist can apply (plain LoRA on linear layers)."""
-    path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise AdapterError(f"LoRA adapter {folder}: no such folder")
-    if not path.is_file():
-        raise _fail(path, "missing (a peft adapter folder holds adapter_config.json and adapter_model.safetensors)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise _fail(path, f"cannot be read ({exc})") from None
-    if not isinstance(config, dict):
-        raise _fail(path, "is not a JSON object")
-    kind = str(config.get("peft_type", "")).upper()
-    if kind != "LORA":
-        raise _fail(path, f"peft_type is {config.get('peft_type')!r}; only LORA adapters are supported")
-    for flag in ("use_dora", "fan_in_fan_out"):
-        if config.get(flag):
-            raise _fail(path, f"{flag} is set; only plain LoRA is supported")
-    if config.get("bias", "none") != "none":
-        raise _fail(path, f"bias is {config['bias']!r}; only adapters trained with bias 'none' are supported")
-    if config.get("modules_to_save"):
-        raise _fail(path, f"modules_to_save ({', '.join(map(str, config['modules_to_save']))}) is not supported")
-    if not isinstance(config.get("lora_alpha", 8), (int, float)):
-        raise _fail(path, f"lora_alpha {config.get('lora_alpha')!r} is not a number")
-    return config
-
-
 def _pattern_value(patterns: dict, module: str, default):
     # peft's get_pattern_key: a pattern matches a module name ending in it (at a dot), the longest key first.
     for key in sorted(patterns, key=len, reverse=True):
@@ -147,45 +109,41 @@ def read_targets(folder: Path, model: nn.Module) -> list[Target]:
     folder = Path(folder)
     config = read_config(folder)
     path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        legacy = folder / "adapter_model.bin"
-        why = " (adapter_model.bin, a pickle, is not loaded: save it as safetensors)" if legacy.is_file() else ""
-        raise _fail(path, "missing" + why)
     modules = dict(model.named_modules())
     try:
         with safe_open(str(path), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise _fail(path, f"cannot be read ({str(exc).splitlines()[0]})") from None
+        raise fail(path, f"cannot be read ({str(exc).splitlines()[0]})") from None
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         match = _TENSOR.match(key)
         if match is None or not key.startswith(PREFIX):
-            raise _fail(path, f"tensor {key} is not a LoRA factor (expected base_model.model.<module>.lora_A/B.weight)")
+            raise fail(path, f"tensor {key} is not a LoRA factor (expected base_model.model.<module>.lora_A/B.weight)")
         pairs.setdefault(match["module"][len(PREFIX):], {})[match["part"]] = tensor
     if not pairs:
-        raise _fail(path, "holds no LoRA tensors")
+        raise fail(path, "holds no LoRA tensors")
     rank0, alpha0 = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
     targets = []
     for saved, parts in sorted(pairs.items()):
         if set(parts) != {"A", "B"}:
-            raise _fail(path, f"{saved} has lora_{'AB'.replace(''.join(parts), '')} missing")
+            raise fail(path, f"{saved} has lora_{'AB'.replace(''.join(parts), '')} missing")
         name = _model_name(saved, modules)
         if name is None:
-            raise _fail(path, f"module {saved} does not exist in this model (an adapter for another base?)")
+            raise fail(path, f"module {saved} does not exist in this model (an adapter for another base?)")
         a, b = parts["A"], parts["B"]
         if a.dim() != 2 or b.dim() != 2:
-            raise _fail(path, f"{saved} targets a {type(modules[name]).__name__}; only linear layers are supported")
+            raise fail(path, f"{saved} targets a {type(modules[name]).__name__}; only linear layers are supported")
         rank = int(_pattern_value(config.get("rank_pattern") or {}, saved, rank0))
         alpha = float(_pattern_value(config.get("alpha_pattern") or {}, saved, alpha0))
         if a.shape[0] != rank or b.shape[1] != rank:
-            raise _fail(path, f"{saved} has rank {a.shape[0]}×{b.shape[1]} but the config says {rank}")
+            raise fail(path, f"{saved} has rank {a.shape[0]}×{b.shape[1]} but the config says {rank}")
         module = modules[name]
         fan_in, fan_out = _dims(module)
         if fan_in is None or fan_out is None:
-            raise _fail(path, f"{saved} is a {type(module).__name__}, which has no in/out features to apply a LoRA to")
+            raise fail(path, f"{saved} is a {type(module).__name__}, which has no in/out features to apply a LoRA to")
         if (a.shape[1], b.shape[0]) != (fan_in, fan_out):
-            raise _fail(path, f"{saved} is {b.shape[0]}×{a.shape[1]} in the adapter but {fan_out}×{fan_in} in the "
+            raise fail(path, f"{saved} is {b.shape[0]}×{a.shape[1]} in the adapter but {fan_out}×{fan_in} in the "
                               "model (an adapter for another base?)")
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         targets.append(Target(name, a.float(), b.float(), scale))
@@ -208,7 +166,7 @@ def apply_adapter(model: nn.Module, folder: Path, mode: str = "auto") -> Applied
     if mode == "merge":
         for target in targets:
             if not _mergeable(modules[target.name]):
-                raise _fail(Path(folder) / WEIGHTS_FILE, f"{target.name} is a {type(modules[target.name]).__name__}"
+                raise fail(Path(folder) / WEIGHTS_FILE, f"{target.name} is a {type(modules[target.name]).__name__}"
                                                          ", whose weights cannot take a merged LoRA")
     merged = side = 0
     with torch.no_grad():

@@ -13,6 +13,7 @@ service resumes on it. If the new model cannot be loaded, the old one is loaded 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
 from vlassist.errors import ModelNotFoundError, VlassistError
-from vlassist.fit import Fit, assess
+from vlassist.fit import Fit, assess, checkpoint_format_of
 from vlassist.service.answering import Admission, AnswerService
 from vlassist.service.limits import default_admission
 
@@ -119,6 +120,17 @@ def choice_of(answerer: Answerer) -> ModelChoice:
     remote = getattr(info, "server", None) is not None
     name = info.model_dir if remote else Path(info.model_dir).name
     return ModelChoice(name, info.model_dir, info.family, remote)
+
+
+def answer_model(answerer: Answerer) -> dict:
+    """What a stored answer records of the model that wrote it: family, base checkpoint, weight format, adapter."""
+    info = answerer.info
+    weights_format = getattr(info, "weights_format", "") or None
+    if weights_format is None and getattr(info, "server", None) is None:
+        with contextlib.suppress(VlassistError):  # a local checkpoint's format, as its config.json declares it
+            weights_format = checkpoint_format_of(Path(info.model_dir))
+    return {"model_family": info.family, "model": info.model_dir, "weights_format": weights_format,
+            "adapter": getattr(info, "adapter", "") or None}
 
 
 def same_model(a: ModelChoice, b: ModelChoice) -> bool:
