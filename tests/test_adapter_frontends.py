@@ -83,3 +83,17 @@ def test_stored_answer_records_base_format_and_adapter(tiny_qwen25, adapter, tmp
     service.close()
     history.close()
     engine.close()
+
+
+def test_answers_stored_before_the_upgrade_keep_format_and_adapter_unknown(tmp_path):
+    """An old database gains the columns on open; its answers keep their model and read None for the new ones."""
+    from test_history_upgrade import version_1_database
+
+    from vlassist.store.history import History
+
+    history = History.open(version_1_database(tmp_path / "old"))
+    stores = [history.for_owner(owner) for owner in ("ann", "bob")]
+    answers = [m for store in stores for c in store.list_conversations()
+               for m in store.get_conversation(c.id).messages if m.role == "assistant"]
+    assert answers and all(m.weights_format is None and m.adapter is None for m in answers)
+    history.close()
