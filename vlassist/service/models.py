@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from vlassist.adapter_folder import CONFIG_FILE
 from vlassist.backends import check_local_fit
-from vlassist.checkpoint import inspect_checkpoint
+from vlassist.checkpoint import inspect_checkpoint, model_id
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
 from vlassist.errors import ModelNotFoundError, VlassistError
@@ -45,6 +46,7 @@ class ModelChoice:
     family: str | None
     remote: bool = False
     fit: Fit | None = None  # format, size on disk and memory estimate of a local checkpoint (fit.py)
+    adapter: str | None = None  # a LoRA adapter folder applied to a local checkpoint at load
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,23 @@ def choice_of(answerer: Answerer) -> ModelChoice:
     """The answerer's own model as a choice (what the page shows as current)."""
     info = answerer.info
     remote = getattr(info, "server", None) is not None
-    name = info.model_dir if remote else Path(info.model_dir).name
-    return ModelChoice(name, info.model_dir, info.family, remote)
+    adapter = None if remote else getattr(info, "adapter", "") or None
+    name = info.model_dir if remote else model_id(info.model_dir, adapter)
+    return ModelChoice(name, info.model_dir, info.family, remote, adapter=adapter)
+
+
+def with_adapter(choice: ModelChoice, adapter: str | None) -> ModelChoice:
+    """`choice` (a local checkpoint) with `adapter` applied at load, named `<base>+<adapter>`; None: without one."""
+    return replace(choice, name=model_id(choice.target, adapter), adapter=adapter or None)
+
+
+def list_adapters(models_dir: Path) -> list[tuple[str, str]]:
+    """LoRA adapter folders (holding adapter_config.json) directly under `models_dir`: (name, path), by name."""
+    try:
+        folders = sorted((p for p in Path(models_dir).iterdir() if p.is_dir()), key=lambda p: p.name.lower())
+    except OSError:
+        return []
+    return [(folder.name, str(folder)) for folder in folders if (folder / CONFIG_FILE).is_file()]
 
 
 def answer_model(answerer: Answerer) -> dict:
@@ -137,7 +154,8 @@ def same_model(a: ModelChoice, b: ModelChoice) -> bool:
     """Whether two choices name the same model (the same folder, however its path is written, or server id)."""
     if a.remote or b.remote:
         return a.remote == b.remote and a.target == b.target
-    return Path(a.target).resolve() == Path(b.target).resolve()
+    adapters = [Path(c.adapter).resolve() if c.adapter else None for c in (a, b)]
+    return Path(a.target).resolve() == Path(b.target).resolve() and adapters[0] == adapters[1]
 
 
 def may_switch(settings: Settings, owner: str) -> bool:
@@ -265,7 +283,8 @@ class ModelSlot:
     def _settings_for(self, choice: ModelChoice) -> Settings:
         if choice.remote:
             return self.settings.with_(backend_model=choice.target, backend_family=choice.family)
-        return self.settings.with_(model_dir=Path(choice.target))
+        return self.settings.with_(model_dir=Path(choice.target),
+                                   adapter_dir=Path(choice.adapter) if choice.adapter else None)
 
     def _switch(self, choice: ModelChoice, cancelled: int) -> None:
         service, old = self._service, self._answerer

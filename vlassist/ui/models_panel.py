@@ -16,15 +16,17 @@ from vlassist.service.models import (
     ModelChoice,
     ModelSlot,
     choice_of,
+    list_adapters,
     list_checkpoints,
     list_server_models,
     may_switch,
     same_model,
+    with_adapter,
 )
 
 POLL_S = 0.25  # how often a waiting page looks at the load's progress
 LISTING_TTL_S = 15  # the models folder and the server's model list are looked at again after this long
-PICK_KEY, ERROR_KEY = "model_pick", "model_switch_error"
+PICK_KEY, ERROR_KEY, ADAPTER_KEY = "model_pick", "model_switch_error", "adapter_pick"
 STAGES = {
     "start": "Starting PyTorch and transformers",
     "read": "Reading the checkpoint",
@@ -112,6 +114,11 @@ def _checkpoints(models_dir: str, _settings: Settings, budget: tuple) -> list[Mo
 
 
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _adapters(models_dir: str) -> list[tuple[str, str]]:
+    return list_adapters(Path(models_dir))
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
 def _server_models(server: str, _answerer, _settings: Settings) -> list[ModelChoice]:
     return list_server_models(_answerer, _settings)
 
@@ -128,10 +135,11 @@ def choices_for(answerer, settings: Settings) -> list[ModelChoice]:
         budget = (settings.device, settings.gpu_memory_gb, settings.decode_context, settings.max_image_tokens,
                   getattr(settings, "quant", None))
         found = _checkpoints(str(settings.models_root.resolve()), settings, budget)
-    listed = next((choice for choice in found if same_model(choice, current)), None)
+    base = replace(current, adapter=None)  # the folder is listed once, whichever adapter is applied to it
+    listed = next((choice for choice in found if same_model(choice, base)), None)
     if listed is not None:
         current = replace(current, fit=listed.fit)
-    return [current] + [choice for choice in found if not same_model(choice, current)]
+    return [current] + [choice for choice in found if not same_model(choice, base)]
 
 
 def _label(choice: ModelChoice, current: ModelChoice) -> str:
@@ -160,10 +168,29 @@ def _load(slot: ModelSlot, choices: list[ModelChoice], settings: Settings, owner
     chosen = next((choice for choice in choices if choice.target == target), None)
     if chosen is None:
         return
+    if not chosen.remote:
+        chosen = with_adapter(chosen, st.session_state.get(ADAPTER_KEY) or None)
     try:
         slot.switch(chosen, by=session_id(), who=owner if settings.user_header else None)
     except VlassistError as exc:
         st.session_state[ERROR_KEY] = f"{chosen.name} was not loaded: {exc}"
+
+
+def _adapter_picker(settings: Settings, current: ModelChoice) -> str | None:
+    """The LoRA adapter select (adapter folders of the models folder, and none); the picked folder or None."""
+    paths = [path for _, path in _adapters(str(settings.models_root.resolve()))]
+    if current.adapter and current.adapter not in paths:
+        paths.insert(0, current.adapter)
+    if not paths:
+        return None
+    options = [""] + paths
+    if st.session_state.get(ADAPTER_KEY) not in options:
+        st.session_state[ADAPTER_KEY] = current.adapter or ""
+    picked = st.selectbox("LoRA adapter", options, key=ADAPTER_KEY,
+                          format_func=lambda path: Path(path).name if path else "none",
+                          help="A peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) in "
+                               "the models folder, applied to the model above when it is loaded")
+    return picked or None
 
 
 def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
@@ -191,10 +218,13 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
             st.session_state[PICK_KEY] = current.target
         labels = {choice.target: _label(choice, current) for choice in choices}
         picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY)
+        picked_choice = next(choice for choice in choices if choice.target == picked)
+        if not current.remote:
+            picked_choice = with_adapter(picked_choice, _adapter_picker(settings, current))
         busy = slot.state.busy
-        unfit = next((c for c in choices if c.target == picked and c.fit is not None and not c.fit.fits), None)
+        unfit = picked_choice.fit is not None and not picked_choice.fit.fits
         st.button("Load", key="model_load", icon=":material/swap_horiz:", on_click=_load,
-                  args=(slot, choices, settings, owner), disabled=busy or picked == current.target or bool(unfit),
+                  args=(slot, choices, settings, owner), disabled=busy or same_model(picked_choice, current) or unfit,
                   help="Unload the model in use and load this one, for every session of this server")
         fit_lines = _fit_lines(choices)
         if fit_lines:
