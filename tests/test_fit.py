@@ -156,3 +156,19 @@ def test_listing_carries_format_size_and_fit(tmp_path, tiny_qwen25):
     assert found["tiny"].disk_bytes == (tiny_qwen25 / "model.safetensors").stat().st_size
     big = found["Qwen2.5-VL-32B-Instruct"]
     assert not big.fits and "needs ~64.8 GiB" in big.reason and big.summary().startswith("bf16 · 0.0 GiB on disk")
+
+
+def test_readme_card_table_shows_what_fit_computes(tmp_path):
+    """README's "Which model for my card" rows carry fit.py's own weights, K/V and total for each checkpoint."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Which model for my card", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| Qwen")]
+    assert len(rows) == 4
+    for row in rows:
+        name, _fmt, weights, kv, total, fetch = [cell.strip() for cell in row.strip("|").split("|")]
+        arch = architecture(real(name, tmp_path))
+        need = estimate(arch)
+        assert weights == f"{need.weights / GiB:.1f} GiB"
+        assert kv == f"{arch.kv_bytes_per_token * 1024 / 2**20:.0f} MiB"
+        assert total.startswith(f"~{need.total / GiB:.1f} GiB")
+        assert fetch == f"`.venv/bin/python scripts/fetch_model.py Qwen/{name}`"
