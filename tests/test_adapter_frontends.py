@@ -97,3 +97,13 @@ def test_answers_stored_before_the_upgrade_keep_format_and_adapter_unknown(tmp_p
                for m in store.get_conversation(c.id).messages if m.role == "assistant"]
     assert answers and all(m.weights_format is None and m.adapter is None for m in answers)
     history.close()
+
+
+def test_batch_rows_name_the_model_with_its_adapter(tiny_qwen25, adapter):
+    """`vlassist batch --adapter` keys and labels its rows `<base>+<adapter>`, so a run without it is other work."""
+    from vlassist.batch.cli import _model
+    from vlassist.config import load_settings
+
+    plain = load_settings({"VLASSIST_MODEL_DIR": str(tiny_qwen25), "VLASSIST_DEVICE": "cpu"})
+    assert _model(plain)[2] == tiny_qwen25.name
+    assert _model(plain.with_(adapter_dir=adapter))[2] == f"{tiny_qwen25.name}+invoices"
