@@ -105,24 +105,27 @@ def test_side_path_answers_equal_merged_answers(adapted):
 class _OpaqueLinear(torch.nn.Module):
     """A linear layer that is not an nn.Linear (as a quantized one is not): only forward(x) is known."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, state_features: bool = True):
         super().__init__()
         self.inner = linear
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        if state_features:
+            self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x):
         return self.inner(x)
 
 
-def test_side_path_wraps_any_linear_like_module(tmp_path):
-    """On a module that is not an nn.Linear, auto mode adds the side path and its output equals a merged Linear."""
+@pytest.mark.parametrize("state_features", [True, False])
+def test_side_path_wraps_any_linear_like_module(tmp_path, state_features):
+    """On a module that is not an nn.Linear (stating its in/out features or not), auto mode adds the side path and
+    its output equals a merged Linear."""
     from safetensors.torch import save_file
 
     from vlassist.engine.adapters import LoraSidePath, apply_adapter
 
     torch.manual_seed(0)
     plain = torch.nn.Sequential(torch.nn.Linear(16, 24))
-    opaque = torch.nn.Sequential(_OpaqueLinear(torch.nn.Linear(16, 24)))
+    opaque = torch.nn.Sequential(_OpaqueLinear(torch.nn.Linear(16, 24), state_features))
     opaque[0].inner.load_state_dict(plain[0].state_dict())
     a, b = torch.randn(3, 16), torch.randn(24, 3)
     save_file({"base_model.model.0.lora_A.weight": a, "base_model.model.0.lora_B.weight": b},
@@ -194,3 +197,32 @@ def test_damaged_adapter_folder_is_refused(tiny_qwen25, tmp_path, damage, proble
     message = _one_line(exc)
     assert problem in message and str(adapter) in message
     shutil.rmtree(adapter)
+
+
+def test_opaque_module_of_another_width_is_refused(tmp_path):
+    """A factor for 20 inputs on a module that takes 16 (and does not say so) is refused naming the module."""
+    from safetensors.torch import save_file
+
+    from vlassist.engine.adapters import AdapterError, apply_adapter
+
+    model = torch.nn.Sequential(_OpaqueLinear(torch.nn.Linear(16, 24), state_features=False))
+    save_file({"base_model.model.0.lora_A.weight": torch.randn(2, 20), "base_model.model.0.lora_B.weight":
+               torch.randn(24, 2)}, str(tmp_path / "adapter_model.safetensors"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    with pytest.raises(AdapterError, match="does not take 20 inputs"):
+        apply_adapter(model, tmp_path)
+
+
+def test_fusing_leaves_side_path_projections_unfused(tiny_qwen25, tmp_path):
+    """The GPU's q/k/v and gate/up fusion skips layers wrapped in a side path; the model's logits do not change."""
+    from vlassist.engine.adapters import apply_adapter
+    from vlassist.engine.fuse import fuse_projections
+    from vlassist.engine.loader import load_model
+
+    model, _, _ = load_model(tiny_qwen25, torch.float32, "cpu", [("sdpa", "")])
+    apply_adapter(model, _make_tiny_model().build_adapter(tiny_qwen25, tmp_path / "a"), "side")
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    before = model(input_ids=ids).logits
+    described = fuse_projections(model)
+    assert "q/k/v fused in 0 of 2 layers" in described  # q_proj and v_proj carry a side path
+    torch.testing.assert_close(model(input_ids=ids).logits, before)

@@ -141,13 +141,26 @@ def read_targets(folder: Path, model: nn.Module) -> list[Target]:
         module = modules[name]
         fan_in, fan_out = _dims(module)
         if fan_in is None or fan_out is None:
-            raise fail(path, f"{saved} is a {type(module).__name__}, which has no in/out features to apply a LoRA to")
+            fan_in, fan_out = a.shape[1], _probe_out(module, a.shape[1])
+            if fan_out is None:
+                raise fail(path, f"{saved} is a {type(module).__name__} that does not take {a.shape[1]} inputs "
+                                 "(an adapter for another base?)")
         if (a.shape[1], b.shape[0]) != (fan_in, fan_out):
             raise fail(path, f"{saved} is {b.shape[0]}×{a.shape[1]} in the adapter but {fan_out}×{fan_in} in the "
                               "model (an adapter for another base?)")
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         targets.append(Target(name, a.float(), b.float(), scale))
     return targets
+
+
+def _probe_out(module: nn.Module, fan_in: int) -> int | None:
+    """Output width of a module that does not state its features, from one row of zeros; None if it refuses it."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, fan_in, dtype=_dtype_of(module), device=_device_of(module)))
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) else None
 
 
 def _mergeable(module: nn.Module) -> bool:
