@@ -107,3 +107,15 @@ def test_batch_rows_name_the_model_with_its_adapter(tiny_qwen25, adapter):
     plain = load_settings({"VLASSIST_MODEL_DIR": str(tiny_qwen25), "VLASSIST_DEVICE": "cpu"})
     assert _model(plain)[2] == tiny_qwen25.name
     assert _model(plain.with_(adapter_dir=adapter))[2] == f"{tiny_qwen25.name}+invoices"
+
+
+def test_adapter_settings_are_read_and_checked():
+    """VLASSIST_ADAPTER becomes a path, VLASSIST_ADAPTER_MODE defaults to auto and refuses other words by name."""
+    from vlassist.config import load_settings
+    from vlassist.errors import ConfigError
+
+    settings = load_settings({"VLASSIST_ADAPTER": "~/lora"})
+    assert settings.adapter_dir is not None and "~" not in str(settings.adapter_dir) and settings.adapter_mode == "auto"
+    assert load_settings({}).adapter_dir is None
+    with pytest.raises(ConfigError, match="VLASSIST_ADAPTER_MODE='fuse' is not valid"):
+        load_settings({"VLASSIST_ADAPTER_MODE": "fuse"})
