@@ -172,3 +172,21 @@ def test_readme_card_table_shows_what_fit_computes(tmp_path):
         assert kv == f"{arch.kv_bytes_per_token * 1024 / 2**20:.0f} MiB"
         assert total.startswith(f"~{need.total / GiB:.1f} GiB")
         assert fetch == f"`.venv/bin/python scripts/fetch_model.py Qwen/{name}`"
+
+
+def test_parameter_count_of_a_qwen2_vl_model(tmp_path):
+    """Qwen2-VL names its tower's width embed_dim (hidden_size is the output's): the count still equals the model's."""
+    import warnings
+
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Qwen2VLForConditionalGeneration(config)
+    config.save_pretrained(tmp_path)
+    assert architecture(tmp_path).parameters == sum(p.numel() for p in model.parameters())

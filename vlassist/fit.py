@@ -156,10 +156,13 @@ def architecture(folder: Path, name: str | None = None) -> Architecture:
         kv_heads = int(text.get("num_key_value_heads") or heads)
         head_dim = int(text.get("head_dim") or hidden // heads)
         vocab = int(text["vocab_size"])
-        vh = int(vision.get("hidden_size", vision.get("embed_dim", 0)))
-        vi = int(vision.get("intermediate_size") or 4 * vh)
+        if "embed_dim" in vision:  # Qwen2-VL: the tower's width is embed_dim, its hidden_size is the output's
+            vh, out = int(vision["embed_dim"]), int(vision.get("hidden_size") or hidden)
+            vi = int(vision.get("mlp_ratio", 4) * vh)
+        else:
+            vh, out = int(vision["hidden_size"]), int(vision.get("out_hidden_size") or hidden)
+            vi = int(vision.get("intermediate_size") or 4 * vh)
         depth = int(vision["depth"])
-        out = int(vision.get("out_hidden_size") or hidden)
         merge = int(vision.get("spatial_merge_size", 2))
         patch = int(vision.get("patch_size", 14)) ** 2 * int(vision.get("temporal_patch_size", 2)) * int(
             vision.get("in_channels", vision.get("in_chans", 3)))
@@ -182,7 +185,12 @@ def architecture(folder: Path, name: str | None = None) -> Architecture:
     loose += layers * (q + 2 * kv) if attention_bias else 0
     loose += layers * 2 * head_dim if qwen3 else 0  # q_norm, k_norm
     merged = vh * merge**2
-    if qwen3:
+    if family == "qwen2_vl":  # two-layer MLP, LayerNorms with biases, merger LayerNorm
+        weights += [Linear("vision", vh, vi, depth), Linear("vision", vi, vh, depth)]
+        loose += patch * vh  # patch conv, no bias
+        loose += depth * (4 * vh + 3 * vh + vh + vi + vh)  # two LayerNorms, qkv/proj/fc1/fc2 biases
+        loose += 2 * vh + merged + out  # merger LayerNorm and biases
+    elif qwen3:
         weights += [Linear("vision", vh, vi, depth), Linear("vision", vi, vh, depth)]
         deepstack = len(vision.get("deepstack_visual_indexes") or [])
         weights += [Linear("vision", merged, merged, deepstack), Linear("vision", merged, out, deepstack)]
