@@ -15,6 +15,7 @@ DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 COMPILE = ("auto", "compile", "graph", "static", "off")
 QUANT = ("none", "int8", "int4")  # weight-only quantization at load of a 16-bit checkpoint
+ADAPTER_MODES = ("auto", "merge", "side")
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
 DEFAULT_IMAGE_TOKENS = GenerationOptions().max_image_tokens  # one default, kept in GenerationOptions
 
@@ -48,6 +49,8 @@ class Settings:
     admin_users: tuple[str, ...] = ()  # who may switch the model when users are named by VLASSIST_USER_HEADER
     metrics: bool = True  # `vlassist serve` answers GET /metrics (Prometheus text), behind the API key if one is set
     quant: str = "none"  # int8 | int4: quantize a 16-bit checkpoint's text model at load (kept in cache_root)
+    adapter_dir: Path | None = None  # a peft LoRA adapter folder applied to the model at load; None: none
+    adapter_mode: str = "auto"  # auto: merged into 16-bit weights, a side path on quantized ones; merge | side
 
     @property
     def models_root(self) -> Path:
@@ -122,4 +125,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_users=tuple(name for part in env.get("VLASSIST_ADMIN_USERS", "").split(",") if (name := part.strip())),
         metrics=_choice(env, "VLASSIST_METRICS", ("1", "0", "on", "off", "true", "false"), "1") in ("1", "on", "true"),
         quant=_choice(env, "VLASSIST_QUANT", QUANT, "none"),
+        adapter_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_ADAPTER", "").strip()) else None,
+        adapter_mode=_choice(env, "VLASSIST_ADAPTER_MODE", ADAPTER_MODES, "auto"),
     )

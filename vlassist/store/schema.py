@@ -67,6 +67,8 @@ class Message(Base):
     created_at: Mapped[float] = mapped_column(Float)
     model_family: Mapped[str | None] = mapped_column(String(32), nullable=True)  # since 002
     model: Mapped[str | None] = mapped_column(String(500), nullable=True)  # since 002
+    weights_format: Mapped[str | None] = mapped_column(String(16), nullable=True)  # since 004: bf16, awq, fp8…
+    adapter: Mapped[str | None] = mapped_column(String(500), nullable=True)  # since 004: LoRA adapter folder
 
 
 class Image(Base):
@@ -185,10 +187,17 @@ def _m003_image_sizes(conn: Connection) -> None:
                 visual_tokens=sizing.visual_tokens))
 
 
+def _m004_message_weights(conn: Connection) -> None:
+    # Answers stored before 004 keep NULL: which format and adapter they came from was not recorded.
+    add_column(conn, Message.__table__.c.weights_format)
+    add_column(conn, Message.__table__.c.adapter)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_message_model", _m002_message_model),
     ("003_image_sizes", _m003_image_sizes),
+    ("004_message_weights", _m004_message_weights),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
