@@ -67,7 +67,7 @@ def test_adapter_picked_in_the_page_is_loaded_and_recorded_with_answers(browser,
     tab.goto(fit_server[0])
     tab.wait_for_selector(TEXTAREA)
     section = open_model_section(tab)
-    section.get_by_role("combobox").nth(1).click()
+    section.get_by_role("combobox").nth(2).click()  # after the models list and the Weights choice
     tab.locator('[role="option"]', has_text="invoices").click()
     section.get_by_role("button", name="Load").click()
     # The switch may end before a loaded machine draws its progress: wait for its outcome, not for the view.
