@@ -24,6 +24,9 @@ KNOWN = [
     "Qwen/Qwen3-VL-8B-Instruct",
     "Qwen/Qwen2-VL-7B-Instruct",
     "Qwen/Qwen2-VL-2B-Instruct",
+    "Qwen/Qwen2.5-VL-7B-Instruct-AWQ",
+    "Qwen/Qwen2.5-VL-32B-Instruct-AWQ",
+    "Qwen/Qwen3-VL-8B-Instruct-FP8",
 ]
 HOSTS = {"hf": ("huggingface.co", 443), "modelscope": ("www.modelscope.cn", 443)}
 MANIFEST = "MANIFEST.sha256"

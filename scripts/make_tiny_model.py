@@ -409,6 +409,56 @@ def build(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0, weight
     return out
 
 
+# Adapter targets as fine-tuning recipes pick them: language projections, vision blocks and the merger (Qwen2.5-VL
+# names its merger layers mlp.0/mlp.2; Qwen3-VL's linear_fc1/linear_fc2 also name the vision blocks' MLP layers).
+ADAPTER_TARGETS = {"qwen2_5_vl": ["q_proj", "v_proj", "down_proj", "qkv", "mlp.0", "mlp.2"],
+                   "qwen3_vl": ["q_proj", "v_proj", "down_proj", "qkv", "linear_fc1", "linear_fc2"]}
+
+
+def build_adapter(base_dir: str | Path, out_dir: str | Path, seed: int = 1, legacy_names: bool = True) -> Path:
+    """Write a peft LoRA adapter for the checkpoint in `base_dir` (language and vision targets) into `out_dir`.
+
+    Files and tensor names are as peft saves them; `legacy_names` names modules as transformers 4.4x did at
+    training time (`model.layers.…`, `visual.…`), else as today (`model.language_model.layers.…`, `model.visual.…`).
+    One rank and one alpha are overridden by pattern, as peft's rank_pattern/alpha_pattern allow.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(base_dir)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    targets = ADAPTER_TARGETS[config.model_type]
+    rank, alpha, rank_pattern, alpha_pattern = 4, 8, {"down_proj": 2}, {"qkv": 4}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or not any(name.endswith("." + t) for t in targets):
+            continue
+        r = rank_pattern["down_proj"] if name.endswith(".down_proj") else rank
+        saved = name
+        if legacy_names:
+            saved = name.replace("model.language_model.", "model.", 1).replace("model.visual.", "visual.", 1)
+        key = f"base_model.model.{saved}"
+        tensors[f"{key}.lora_A.weight"] = torch.randn(r, module.in_features, generator=generator) * 0.1
+        tensors[f"{key}.lora_B.weight"] = torch.randn(module.out_features, r, generator=generator) * 0.1
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir), "r": rank,
+        "lora_alpha": alpha, "lora_dropout": 0.05, "target_modules": targets, "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+        "use_dora": False, "modules_to_save": None, "inference_mode": True, "init_lora_weights": True,
+        "layers_to_transform": None, "layers_pattern": None,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2), encoding="utf-8")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -417,9 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default="plain", choices=WEIGHTS,
                     help="store the text model's linears quantized as awq, fp8 or w4a16 checkpoints do")
+    ap.add_argument("--adapter", metavar="DIR", help="also write a LoRA adapter for the checkpoint into DIR")
     args = ap.parse_args(argv)
     out = build(args.out_dir, args.family, args.seed, args.weights)
     print(f"tiny {args.family} checkpoint ({args.weights} weights) written to {out}")
+    if args.adapter:
+        print(f"LoRA adapter written to {build_adapter(out, args.adapter, args.seed + 1)}")
     return 0
 
 

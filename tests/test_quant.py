@@ -420,3 +420,42 @@ def test_switching_the_same_checkpoint_to_int4_reloads_it_quantized(tiny_plain, 
         assert choice_of(slot.current).quant == "int4"
     finally:
         slot.close()
+
+
+def test_lora_adapter_on_an_awq_checkpoint_answers_as_peft_merged_into_the_dequantized_weights(tmp_path, tiny_plain):
+    """A LoRA adapter on a tiny AWQ checkpoint: its quantized text layers take the low-rank side path (the float
+    vision layers are merged), and the model answers greedily as the float32 reference does, where the reference
+    is the AWQ weights dequantized by AutoAWQ's order with the adapter merged by peft; logits within the same 1e-4
+    of the largest magnitude as the formats above (only float32 summation order differs)."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlassist.engine.adapters import LoraSidePath
+    from vlassist.engine.quant.linear import Int4Linear
+
+    maker = _make_tiny_model()
+    folder = maker.build(tmp_path / "awq", "qwen2_5_vl", weights="awq")
+    # Same seed, same shapes: an adapter written for the plain checkpoint fits the AWQ one.
+    adapter = maker.build_adapter(tiny_plain["qwen2_5_vl"], tmp_path / "adapter", seed=7)
+    # The same tensors under today's module names, which peft needs to find the modules.
+    for_peft = maker.build_adapter(tiny_plain["qwen2_5_vl"], tmp_path / "for_peft", seed=7, legacy_names=False)
+    engine = load_engine(_settings(folder, tmp_path / "cache", VLASSIST_ADAPTER=str(adapter)))
+    wrapped = [m for m in engine.model.modules() if isinstance(m, LoraSidePath)]
+    assert wrapped and all(isinstance(m.base, Int4Linear) for m in wrapped)
+    assert "side path" in engine.info.adapter_detail and "merged" in engine.info.adapter_detail
+    assert engine.info.weights_format == "awq"
+    reference_folder = _reference_folder(folder, "awq", tmp_path / "reference")
+    base = AutoModelForImageTextToText.from_pretrained(reference_folder, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(base, str(for_peft)).merge_and_unload().eval()
+    turns = [Turn("user", "what is in the picture?", [_image()])]
+    inputs, _ = engine.encode(turns, FORCED)
+    with torch.no_grad():
+        got, want = engine.model(**inputs).logits, reference(**inputs).logits
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    tokenizer = engine.processor.tokenizer
+    with torch.no_grad():
+        out = reference.generate(**inputs, max_new_tokens=FORCED.max_new_tokens, min_new_tokens=FORCED.min_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    want_text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert engine.stream(turns, FORCED).consume() == want_text
+    engine.close()

@@ -25,6 +25,7 @@ QUANT_HELP = ("quantize a 16-bit checkpoint's text model at load: int8 or int4 (
 def _with_quant(settings, args):
     """Settings with --quant applied, if given."""
     return settings.with_(quant=args.quant) if getattr(args, "quant", None) else settings
+ADAPTER_HELP = "peft LoRA adapter folder applied to the model at load (default: VLASSIST_ADAPTER)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
     ask.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
     ask.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
+    ask.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     ask.add_argument("--prompt", "-p", action="append",
                      help="a question; repeat for follow-up questions in the same conversation; "
                           "'-' reads one from standard input (for long texts)")
@@ -60,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="load the model and print family, device, attention and memory")
     info.add_argument("--model", type=Path)
     info.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
+    info.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     serve = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model", type=Path)
     serve.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
+    serve.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     add_batch_parser(sub, defaults)
     return ap
 
@@ -120,6 +124,8 @@ def cmd_ask(args) -> int:
     if args.model:
         settings = settings.with_(model_dir=args.model)
     settings = _with_quant(settings, args)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     options = _options(args, settings)
     schema_text = _schema_text(args)
     from vlassist.service.limits import check_question
@@ -206,6 +212,8 @@ def cmd_info(args) -> int:
     if args.model:
         settings = settings.with_(model_dir=args.model)
     settings = _with_quant(settings, args)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     from vlassist.backends import load_answerer
 
     engine = load_answerer(settings)
@@ -233,6 +241,8 @@ def cmd_info(args) -> int:
         print(f"fused:      {info.fused}")
     if getattr(info, "weights_format", ""):
         print(f"weights:    {info.weights_format}" + (f" — {info.quant}" if getattr(info, "quant", "") else ""))
+    if getattr(info, "adapter", ""):
+        print(f"adapter:    {info.adapter_detail or info.adapter}")
     print("memory:     " + ", ".join(f"{k} {v:.2f} GiB" for k, v in engine.memory().items()))
     print("versions:   " + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
     return 0
@@ -244,6 +254,8 @@ def cmd_serve(args) -> int:
     if args.model:
         settings = settings.with_(model_dir=args.model)
     settings = _with_quant(settings, args)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     from vlassist.api.server import serve
 
     return serve(settings, args.host, args.port)
@@ -257,6 +269,8 @@ def cmd_batch(args) -> int:
     if args.model:
         settings = settings.with_(model_dir=args.model)
     settings = _with_quant(settings, args)
+    if getattr(args, "adapter", None):
+        settings = settings.with_(adapter_dir=args.adapter)
     schema_text = _schema_text(args)
     return run_batch(args, settings, _options(args, settings), schema_text,
                      lambda family: _prompts(args, family, schema_text)[0])

@@ -35,6 +35,12 @@ def inspect_checkpoint(folder: Path) -> Family:
         ) from None
 
 
+def model_id(model_dir: str | Path, adapter: str | Path | None = None) -> str:
+    """The name a model goes by (API model id, batch rows): the checkpoint folder's, `<base>+<adapter>` with one."""
+    base = Path(model_dir).name
+    return f"{base}+{Path(adapter).name}" if adapter else base
+
+
 def missing_files(folder: Path) -> list[str]:
     """Files a checkpoint needs that `folder` lacks (weight shards listed by the index included)."""
     missing = [name for name in ("config.json", "preprocessor_config.json") if not (folder / name).is_file()]

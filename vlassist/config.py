@@ -15,6 +15,7 @@ DEVICES = ("auto", "cuda", "cpu")
 ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager")
 COMPILE = ("auto", "compile", "graph", "static", "off")
 QUANT = ("none", "int8", "int4")  # weight-only quantization at load of a 16-bit checkpoint
+ADAPTER_MODES = ("auto", "merge", "side")
 DEFAULT_MODEL_DIR = "models/Qwen2.5-VL-7B-Instruct"
 DEFAULT_IMAGE_TOKENS = GenerationOptions().max_image_tokens  # one default, kept in GenerationOptions
 
@@ -57,6 +58,8 @@ class Settings:
     header_timeout_s: float = 10.0  # the API closes a connection that sends no complete request header in time
     keepalive_s: float = 5.0  # the API closes an idle keep-alive connection after this long
     max_header_kb: int = 64  # the API refuses a larger request header with 431
+    adapter_dir: Path | None = None  # a peft LoRA adapter folder applied to the model at load; None: none
+    adapter_mode: str = "auto"  # auto: merged into 16-bit weights, a side path on quantized ones; merge | side
 
     @property
     def models_root(self) -> Path:
@@ -140,4 +143,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         header_timeout_s=_number(env, "VLASSIST_HEADER_TIMEOUT_S", float, 10.0, 0.1, 3600),
         keepalive_s=_number(env, "VLASSIST_KEEPALIVE_S", float, 5.0, 0.1, 3600),
         max_header_kb=_number(env, "VLASSIST_MAX_HEADER_KB", int, 64, 1, 65536),
+        adapter_dir=Path(raw).expanduser() if (raw := env.get("VLASSIST_ADAPTER", "").strip()) else None,
+        adapter_mode=_choice(env, "VLASSIST_ADAPTER_MODE", ADAPTER_MODES, "auto"),
     )

@@ -89,8 +89,12 @@ def _api_logprobs(entries: list[TokenLogprob]) -> ChoiceLogprobs:
         for e in entries])
 
 
-def create_app(service: AnswerService, settings: Settings, model_id: str, family: str) -> FastAPI:
-    """The FastAPI app answering with `service`; `model_id` is what /v1/models lists, `family` maps boxes."""
+def create_app(service: AnswerService, settings: Settings, model_id: str, family: str,
+               base_id: str | None = None) -> FastAPI:
+    """The FastAPI app answering with `service`; `model_id` is what /v1/models lists, `family` maps boxes.
+
+    `base_id`: with a LoRA adapter applied, the base checkpoint's own id, which this server does not answer as.
+    """
     # No /docs or /redoc: their pages load scripts from a CDN; /openapi.json documents the API offline.
     app = FastAPI(title="vlassist", version=__version__, docs_url=None, redoc_url=None,
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}})
@@ -179,6 +183,9 @@ def create_app(service: AnswerService, settings: Settings, model_id: str, family
     async def chat(body: ChatRequest, request: Request):
         """Answer a conversation; `stream: true` sends OpenAI chunks as server-sent events, then `[DONE]`."""
         check_request(body)
+        if base_id is not None and body.model == base_id:
+            raise ApiError(400, f"model {base_id!r} is not served here: this server answers with the adapter "
+                                f"{model_id!r} applied", param="model", code="model_not_found")
         stops = convert.stop_strings(body)
 
         def queue() -> list[Job]:

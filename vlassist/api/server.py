@@ -8,6 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from vlassist.backends import load_answerer
+from vlassist.checkpoint import model_id
 from vlassist.config import Settings
 from vlassist.images import set_decode_budget
 from vlassist.service.answering import AnswerService
@@ -28,7 +29,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, answere
     # The same refusals as the page's (too long a question or prompt), before a request waits in the queue.
     admission = context_admission(answerer, settings.max_prompt_tokens, settings.max_question_chars)
     service = AnswerService(answerer, admission=[admission, options_admission(answerer)])
-    app = create_app(service, settings, model_id=Path(info.model_dir).name, family=info.family)
+    adapter = getattr(info, "adapter", "") or None
+    app = create_app(service, settings, model_id=model_id(info.model_dir, adapter), family=info.family,
+                     base_id=Path(info.model_dir).name if adapter else None)
     if host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
         log.warning("serving on %s without VLASSIST_API_KEY: anyone who can reach it can use the model", host)
     limits = ConnectionLimits(max_connections=settings.max_connections, header_timeout_s=settings.header_timeout_s,

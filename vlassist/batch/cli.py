@@ -32,6 +32,8 @@ def add_parser(sub, defaults: GenerationOptions) -> None:
     p.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
     p.add_argument("--quant", choices=("none", "int8", "int4"),
                    help="quantize a 16-bit checkpoint's text model at load: int8 or int4 (default: VLASSIST_QUANT)")
+    p.add_argument("--adapter", type=Path, help="peft LoRA adapter folder applied to the model at load (default: "
+                                                "VLASSIST_ADAPTER)")
     p.add_argument("--preset", choices=BATCH_PRESETS, help="the task for every image")
     p.add_argument("--prompt", "-p", action="append", help="the question for every image (instead of a preset's)")
     p.add_argument("--target", default="object", help="what the grounding preset looks for")
@@ -138,10 +140,10 @@ def _model(settings: Settings):
     if settings.backend_url:
         answerer = load_answerer(settings)
         return answerer, answerer.info.family, Path(str(answerer.info.model_dir)).name
-    from vlassist.checkpoint import inspect_checkpoint
+    from vlassist.checkpoint import inspect_checkpoint, model_id
 
     family = inspect_checkpoint(settings.model_dir)  # a wrong folder fails now, before any file is read
-    return None, family.model_type, Path(settings.model_dir).resolve().name
+    return None, family.model_type, model_id(Path(settings.model_dir).resolve(), settings.adapter_dir)
 
 
 def _answer(args, settings: Settings, options: GenerationOptions, plan: Plan, results: Results) -> bool:

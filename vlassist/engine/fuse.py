@@ -88,7 +88,7 @@ def _swap_class(module: nn.Module, forward) -> None:
 
 
 def _plain(*linears: nn.Module) -> bool:
-    """Only stock 16-bit Linear layers are concatenated; quantized ones keep their own kernels."""
+    """Only stock 16-bit Linear layers are concatenated; quantized ones and LoRA side paths keep their own."""
     return all(type(linear) is nn.Linear for linear in linears)
 
 

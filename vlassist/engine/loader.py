@@ -20,6 +20,7 @@ from vlassist import offline  # noqa: F401  (sets the offline switches before tr
 from vlassist.checkpoint import inspect_checkpoint
 from vlassist.config import Settings
 from vlassist.engine import attention, quant
+from vlassist.engine.adapters import apply_adapter, read_config
 from vlassist.engine.fuse import fuse_projections
 from vlassist.engine.quant.load import load_quantized, tensor_files
 from vlassist.engine.vision_attention import use_varlen
@@ -122,6 +123,8 @@ class ModelInfo:
     fused: str = ""  # which projections were fused into one product each at load (CUDA only)
     weights_format: str = ""  # bf16 | fp16 | fp32 | awq | fp8 | w4a16 | int8 | int4 (vlassist.engine.quant)
     quant: str = ""  # the quantized format in words (kernel, groups, where on-load weights are kept)
+    adapter: str = ""  # the LoRA adapter folder applied at load; "" when none
+    adapter_detail: str = ""  # how it was applied: layers merged, layers kept as a low-rank side path
     versions: dict = field(default_factory=dict)
 
 
@@ -256,12 +259,15 @@ def load(settings: Settings, progress: Progress | None = None):
     processor = _image_only_processor(family.model_type, image_processor, tokenizer, template)
 
     fmt = quant.choose(folder, settings.quant, device, settings.cache_root, tensor_files(folder))
+    if settings.adapter_dir is not None:
+        read_config(Path(settings.adapter_dir))  # a wrong folder is refused before gigabytes of weights are read
     _report(progress, "weights", WEIGHTS_FROM, "Reading weights")
     model, attn, reason = load_model(folder, dtype, device, attention_candidates(settings.attn, device), progress,
                                      fmt)
     where = "GPU" if device == "cuda" else "CPU"
     _report(progress, "device", WEIGHTS_TO, f"Moving the model to the {where} and preparing it")
     model.eval()
+    applied = apply_adapter(model, Path(settings.adapter_dir), settings.adapter_mode) if settings.adapter_dir else None
     if attn == "sdpa":  # flash_attention_2 has its own varlen path; eager stays the plain reference
         use_varlen(model)
     # Fewer, larger products per decode step on the GPU; on the CPU answers stay the stock model's, bit for bit.
@@ -274,5 +280,6 @@ def load(settings: Settings, progress: Progress | None = None):
         load_s=time.perf_counter() - started, parameters=quant.count_parameters(model),
         versions={"torch": torch.__version__, "transformers": transformers.__version__}, fused=fused,
         weights_format=fmt.name if fmt else quant.DTYPE_FORMATS[dtype], quant=fmt.describe() if fmt else "",
+        adapter=str(settings.adapter_dir) if applied else "", adapter_detail=applied.describe() if applied else "",
     )
     return model, processor, family, info

@@ -102,6 +102,7 @@ class StoreSink:
 def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, text: str,
         images: Sequence[NewImage] = (), options: GenerationOptions = GenerationOptions(),
         preset: str | None = None, *, model_family: str | None = None, model: str | None = None,
+        weights_format: str | None = None, adapter: str | None = None,
         title: str | None = None) -> Job:
     """Store the question and an empty answer after it, and queue the job that fills the answer in.
 
@@ -120,7 +121,8 @@ def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, 
         conversation_id = store.create_conversation(title or make_title(text))
     try:
         question_id, answer_id = store.add_question(conversation_id, text, images, preset=preset, options=options,
-                                                    model_family=model_family, model=model)
+                                                    model_family=model_family, model=model,
+                                                    weights_format=weights_format, adapter=adapter)
     except VlassistError:
         if created:  # leave no empty conversation behind a question that could not be stored
             with contextlib.suppress(VlassistError):

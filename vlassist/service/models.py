@@ -13,6 +13,7 @@ service resumes on it. If the new model cannot be loaded, the old one is loaded 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,10 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vlassist.checkpoint import inspect_checkpoint
+from vlassist.adapter_folder import CONFIG_FILE
+from vlassist.backends import check_local_fit
+from vlassist.checkpoint import inspect_checkpoint, model_id
 from vlassist.config import Settings
 from vlassist.conversation import Answerer
 from vlassist.errors import ModelNotFoundError, VlassistError
+from vlassist.fit import Fit, assess, checkpoint_format_of
 from vlassist.service.answering import Admission, AnswerService
 from vlassist.service.limits import default_admission
 
@@ -42,6 +46,8 @@ class ModelChoice:
     family: str | None
     remote: bool = False
     quant: str = "none"  # int8 | int4: a 16-bit checkpoint quantized at load (the page's Weights choice)
+    fit: Fit | None = None  # format, size on disk and memory estimate of a local checkpoint (fit.py)
+    adapter: str | None = None  # a LoRA adapter folder applied to a local checkpoint at load
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,11 @@ class LoadState:
         return time.monotonic() - self.started if self.started else 0.0
 
 
-def list_checkpoints(models_dir: Path) -> list[ModelChoice]:
-    """Complete, supported checkpoint folders directly under `models_dir`, by name; anything else is skipped."""
+def list_checkpoints(models_dir: Path, settings: Settings | None = None) -> list[ModelChoice]:
+    """Complete, supported checkpoint folders directly under `models_dir`, by name; anything else is skipped.
+
+    With `settings`, each carries its fit: format, size on disk, memory estimate and whether it fits this machine.
+    """
     try:
         folders = sorted((p for p in Path(models_dir).iterdir() if p.is_dir()), key=lambda p: p.name.lower())
     except OSError:
@@ -83,7 +92,13 @@ def list_checkpoints(models_dir: Path) -> list[ModelChoice]:
             family = inspect_checkpoint(folder)
         except ModelNotFoundError:
             continue  # not a checkpoint (or an incomplete one): nothing to offer
-        found.append(ModelChoice(folder.name, str(folder), family.model_type))
+        fit = None
+        if settings is not None:
+            fit = assess(folder, None if settings.device == "cpu" else settings.gpu_memory_gb, settings.decode_context,
+                         settings.max_image_tokens, settings.quant)
+            if settings.device == "cpu":  # the GPU budget does not bind a CPU-only server
+                fit = Fit(fit.weights_format, fit.disk_bytes, fit.estimate, True)
+        found.append(ModelChoice(folder.name, str(folder), family.model_type, fit=fit))
     return found
 
 
@@ -106,16 +121,45 @@ def choice_of(answerer: Answerer) -> ModelChoice:
     """The answerer's own model as a choice (what the page shows as current)."""
     info = answerer.info
     remote = getattr(info, "server", None) is not None
-    name = info.model_dir if remote else Path(info.model_dir).name
+    adapter = None if remote else getattr(info, "adapter", "") or None
+    name = info.model_dir if remote else model_id(info.model_dir, adapter)
     quant = getattr(info, "weights_format", "")
-    return ModelChoice(name, info.model_dir, info.family, remote, quant if quant in ("int8", "int4") else "none")
+    return ModelChoice(name, info.model_dir, info.family, remote, quant if quant in ("int8", "int4") else "none",
+                       adapter=adapter)
+
+
+def with_adapter(choice: ModelChoice, adapter: str | None) -> ModelChoice:
+    """`choice` (a local checkpoint) with `adapter` applied at load, named `<base>+<adapter>`; None: without one."""
+    return replace(choice, name=model_id(choice.target, adapter), adapter=adapter or None)
+
+
+def list_adapters(models_dir: Path) -> list[tuple[str, str]]:
+    """LoRA adapter folders (holding adapter_config.json) directly under `models_dir`: (name, path), by name."""
+    try:
+        folders = sorted((p for p in Path(models_dir).iterdir() if p.is_dir()), key=lambda p: p.name.lower())
+    except OSError:
+        return []
+    return [(folder.name, str(folder)) for folder in folders if (folder / CONFIG_FILE).is_file()]
+
+
+def answer_model(answerer: Answerer) -> dict:
+    """What a stored answer records of the model that wrote it: family, base checkpoint, weight format, adapter."""
+    info = answerer.info
+    weights_format = getattr(info, "weights_format", "") or None
+    if weights_format is None and getattr(info, "server", None) is None:
+        with contextlib.suppress(VlassistError):  # a local checkpoint's format, as its config.json declares it
+            weights_format = checkpoint_format_of(Path(info.model_dir))
+    return {"model_family": info.family, "model": info.model_dir, "weights_format": weights_format,
+            "adapter": getattr(info, "adapter", "") or None}
 
 
 def same_model(a: ModelChoice, b: ModelChoice) -> bool:
     """Whether two choices name the same model (the same folder, however its path is written, or server id)."""
     if a.remote or b.remote:
         return a.remote == b.remote and a.target == b.target
-    return Path(a.target).resolve() == Path(b.target).resolve() and a.quant == b.quant
+    adapters = [Path(c.adapter).resolve() if c.adapter else None for c in (a, b)]
+    return (Path(a.target).resolve() == Path(b.target).resolve() and a.quant == b.quant
+            and adapters[0] == adapters[1])
 
 
 def may_switch(settings: Settings, owner: str) -> bool:
@@ -179,6 +223,7 @@ class ModelSlot:
         """Begin switching every session to `choice`; VlassistError if it cannot start (at once, nothing changed)."""
         if not choice.remote:
             inspect_checkpoint(Path(choice.target))  # a broken folder is refused before anything is unloaded
+            check_local_fit(self._settings_for(choice))  # and so is one that would not fit the GPU memory budget
         with self._lock:
             if self._state.busy:
                 raise VlassistError(f"the model is already being switched to {self._state.target}; wait for it")
@@ -242,7 +287,8 @@ class ModelSlot:
     def _settings_for(self, choice: ModelChoice) -> Settings:
         if choice.remote:
             return self.settings.with_(backend_model=choice.target, backend_family=choice.family)
-        return self.settings.with_(model_dir=Path(choice.target), quant=choice.quant)
+        return self.settings.with_(model_dir=Path(choice.target), quant=choice.quant,
+                                   adapter_dir=Path(choice.adapter) if choice.adapter else None)
 
     def _switch(self, choice: ModelChoice, cancelled: int) -> None:
         service, old = self._service, self._answerer

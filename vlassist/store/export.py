@@ -81,7 +81,8 @@ def to_dict(conversation: StoredConversation, fetch: FetchImage | None = None) -
         messages.append({"role": message.role, "text": message.text, "status": message.status,
                          "created_at": message.created_at, "preset": message.preset, "options": message.options,
                          "stats": message.stats.to_dict() if message.stats else None,
-                         "model_family": message.model_family, "model": message.model, "images": images})
+                         "model_family": message.model_family, "model": message.model,
+                         "weights_format": message.weights_format, "adapter": message.adapter, "images": images})
     return {"format": "vlassist-conversation", "version": FORMAT_VERSION, "id": conversation.id,
             "title": conversation.title, "created_at": conversation.created_at,
             "updated_at": conversation.updated_at, "messages": messages}

@@ -228,7 +228,7 @@ class OwnerStore:
             return StoredConversation(conv.id, conv.owner, conv.title, conv.created_at, conv.updated_at, [
                 StoredMessage(m.id, m.role, m.text, m.status, m.created_at, m.preset, m.options,
                               Stats.from_dict(m.stats) if m.stats is not None else None, refs.get(m.id, []),
-                              m.model_family, m.model)
+                              m.model_family, m.model, m.weights_format, m.adapter)
                 for m in messages])
 
     @guarded(write=True)
@@ -270,12 +270,14 @@ class OwnerStore:
     @guarded(write=True)
     def add_question(self, conversation_id: int, text_: str, images: Sequence[NewImage] = (), *,
                      preset: str | None = None, options: GenerationOptions | dict | None = None,
-                     model_family: str | None = None, model: str | None = None) -> tuple[int, int]:
+                     model_family: str | None = None, model: str | None = None,
+                     weights_format: str | None = None, adapter: str | None = None) -> tuple[int, int]:
         """Store a question and its empty "running" answer in one transaction (both or neither); their ids."""
         thumbs = {new.loaded.sha256: make_thumbnail(new.loaded.image) for new in images}
         with Session(self.engine) as session, session.begin():
             question = self._insert_question(session, conversation_id, text_, images, thumbs)
-            answer = self._new_answer(session, conversation_id, "", "running", preset, options, model_family, model)
+            answer = self._new_answer(session, conversation_id, "", "running", preset, options, model_family, model,
+                                      weights_format, adapter)
             return question.id, answer.id
 
     def _insert_question(self, session: Session, conversation_id: int, text_: str, images: Sequence[NewImage],
@@ -301,12 +303,14 @@ class OwnerStore:
     @guarded(write=True)
     def add_assistant_message(self, conversation_id: int, text_: str, status: str, *, preset: str | None = None,
                               options: GenerationOptions | dict | None = None, stats: Stats | None = None,
-                              model_family: str | None = None, model: str | None = None) -> int:
+                              model_family: str | None = None, model: str | None = None,
+                              weights_format: str | None = None, adapter: str | None = None) -> int:
         """Store a finished answer with its status, preset, options, stats and model; return its id."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"status must be one of {FINAL_STATUSES}")
         with Session(self.engine) as session, session.begin():
-            message = self._new_answer(session, conversation_id, text_, status, preset, options, model_family, model)
+            message = self._new_answer(session, conversation_id, text_, status, preset, options, model_family, model,
+                                       weights_format, adapter)
             if stats is not None:
                 self._set_stats(session, message, stats)
             return message.id
@@ -314,11 +318,11 @@ class OwnerStore:
     @guarded(write=True)
     def start_answer(self, conversation_id: int, *, preset: str | None = None,
                      options: GenerationOptions | dict | None = None, model_family: str | None = None,
-                     model: str | None = None) -> int:
+                     model: str | None = None, weights_format: str | None = None, adapter: str | None = None) -> int:
         """Store an empty answer with status "running", to be filled by `update_answer`; return its id."""
         with Session(self.engine) as session, session.begin():
             return self._new_answer(session, conversation_id, "", "running", preset, options, model_family,
-                                    model).id
+                                    model, weights_format, adapter).id
 
     @guarded(write=True)
     def update_answer(self, message_id: int, text_: str, *, status: str | None = None,
@@ -346,14 +350,15 @@ class OwnerStore:
 
     def _new_answer(self, session: Session, conversation_id: int, text_: str, status: str, preset: str | None,
                     options: GenerationOptions | dict | None, model_family: str | None,
-                    model: str | None) -> Message:
+                    model: str | None, weights_format: str | None = None, adapter: str | None = None) -> Message:
         now = time.time()
         conv = self._require(session, conversation_id)
         if isinstance(options, GenerationOptions):
             options = asdict(options)
         message = Message(conversation_id=conv.id, position=self._next_position(session, conv.id),
                           role="assistant", text=text_, status=status, preset=preset, options=options,
-                          model_family=model_family, model=model, created_at=now)
+                          model_family=model_family, model=model, weights_format=weights_format, adapter=adapter,
+                          created_at=now)
         session.add(message)
         conv.updated_at = now
         session.flush()

@@ -48,6 +48,8 @@ class StoredMessage:
     images: list[ImageRef] = field(default_factory=list)
     model_family: str | None = None  # the checkpoint's model_type, which box coordinates depend on
     model: str | None = None  # the checkpoint folder
+    weights_format: str | None = None  # the weights' format when answered (bf16, awq, fp8…); None before 004
+    adapter: str | None = None  # the LoRA adapter folder applied to the model, if any
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class Message(Base):
     created_at: Mapped[float] = mapped_column(Float)
     model_family: Mapped[str | None] = mapped_column(String(32), nullable=True)  # since 002
     model: Mapped[str | None] = mapped_column(String(500), nullable=True)  # since 002
+    weights_format: Mapped[str | None] = mapped_column(String(16), nullable=True)  # since 004: bf16, awq, fp8…
+    adapter: Mapped[str | None] = mapped_column(String(500), nullable=True)  # since 004: LoRA adapter folder
 
 
 class Image(Base):
@@ -214,8 +216,16 @@ def _m004_conversation_ids_never_reused(conn: Connection) -> None:
         index.create(conn)
     if conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
         raise RuntimeError("the rebuilt conversations table breaks a foreign key")
+
+
 def _m005_user_settings(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[UserSettings.__table__])
+
+
+def _m006_message_weights(conn: Connection) -> None:
+    # Answers stored before 006 keep NULL: which format and adapter they came from was not recorded.
+    add_column(conn, Message.__table__.c.weights_format)
+    add_column(conn, Message.__table__.c.adapter)
 
 
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
@@ -224,6 +234,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("003_image_sizes", _m003_image_sizes),
     ("004_conversation_ids_never_reused", _m004_conversation_ids_never_reused),
     ("005_user_settings", _m005_user_settings),
+    ("006_message_weights", _m006_message_weights),
 ]
 TABLE_REBUILDS = {"004_conversation_ids_never_reused"}  # steps run with foreign keys off
 SCHEMA_VERSION = len(MIGRATIONS)

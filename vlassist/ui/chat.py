@@ -16,6 +16,7 @@ from vlassist.families import FAMILIES
 from vlassist.images import LoadedImage, load_image
 from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
+from vlassist.service.models import answer_model
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
 from vlassist.ui import attach, live, tasks, verbatim
 from vlassist.ui.results import guess_view, render_view
@@ -339,7 +340,7 @@ def send(text: str, images: list[NewImage], preset: str | None, engine, service:
         conversation_id = None  # deleted in another tab: start a new one
     try:
         job = conversations.ask(service, store, conversation_id, text, images, options, preset,
-                                model_family=engine.info.family, model=engine.info.model_dir, title=title)
+                                title=title, **answer_model(engine))
         st.session_state[CONVERSATION_KEY] = job.request.conversation_id
     except VlassistError as exc:
         _refuse(f"Not sent — {exc}", text, images)

@@ -16,15 +16,17 @@ from vlassist.service.models import (
     ModelChoice,
     ModelSlot,
     choice_of,
+    list_adapters,
     list_checkpoints,
     list_server_models,
     may_switch,
     same_model,
+    with_adapter,
 )
 
 POLL_S = 0.25  # how often a waiting page looks at the load's progress
 LISTING_TTL_S = 15  # the models folder and the server's model list are looked at again after this long
-PICK_KEY, ERROR_KEY = "model_pick", "model_switch_error"
+PICK_KEY, ERROR_KEY, ADAPTER_KEY = "model_pick", "model_switch_error", "adapter_pick"
 QUANT_KEY = "model_quant"
 QUANT_LABELS = {"none": "As stored in the checkpoint", "int8": "int8 (quantized at load)",
                 "int4": "int4 (quantized at load)"}
@@ -109,8 +111,14 @@ def follow_load(slot: ModelSlot, heading, session: str | None) -> LoadState:
 # ---- the sidebar's Model section ----
 
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
-def _checkpoints(models_dir: str) -> list[ModelChoice]:
-    return list_checkpoints(Path(models_dir))
+def _checkpoints(models_dir: str, _settings: Settings, budget: tuple) -> list[ModelChoice]:
+    # `budget` (device, memory, context, image tokens) keys the cache: the fit of each checkpoint depends on it.
+    return list_checkpoints(Path(models_dir), _settings)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _adapters(models_dir: str) -> list[tuple[str, str]]:
+    return list_adapters(Path(models_dir))
 
 
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
@@ -118,22 +126,46 @@ def _server_models(server: str, _answerer, _settings: Settings) -> list[ModelCho
     return list_server_models(_answerer, _settings)
 
 
-def choices_for(answerer, settings: Settings) -> list[ModelChoice]:
+def choices_for(answerer, settings: Settings, quant: str | None = None) -> list[ModelChoice]:
     """What the page offers: the server's models with a remote backend, else the models folder's checkpoints.
 
-    The model in use is always first among them, even when it lies outside the models folder.
+    The model in use is always first among them, even when it lies outside the models folder. `quant`: the
+    Weights choice (int8/int4 on load) the checkpoints' fit is estimated for; None: the model in use's.
     """
     current = choice_of(answerer)
     if current.remote:
         found = _server_models(answerer.info.server, answerer, settings)
     else:
-        found = _checkpoints(str(settings.models_root.resolve()))
-    return [current] + [choice for choice in found if not same_model(replace(choice, quant=current.quant), current)]
+        # The fit of each checkpoint is estimated for the weights the Weights choice would load.
+        quant = quant if quant in QUANT_LABELS else current.quant
+        budget = (settings.device, settings.gpu_memory_gb, settings.decode_context, settings.max_image_tokens, quant)
+        found = _checkpoints(str(settings.models_root.resolve()), settings.with_(quant=quant), budget)
+    base = replace(current, adapter=None)  # the folder is listed once, whichever adapter is applied to it
+    listed = next((choice for choice in found if same_model(replace(choice, quant=current.quant), base)), None)
+    if listed is not None:
+        current = replace(current, fit=listed.fit)
+    return [current] + [choice for choice in found if not same_model(replace(choice, quant=current.quant), base)]
 
 
 def _label(choice: ModelChoice, current: ModelChoice) -> str:
     family = f" · {choice.family}" if choice.family else ""
-    return f"{choice.name}{family}" + (" (in use)" if same_model(choice, current) else "")
+    fits = "" if choice.fit is None or choice.fit.fits else " (does not fit)"
+    return f"{choice.name}{family}" + (" (in use)" if same_model(choice, current) else "") + fits
+
+
+def _fit_lines(choices: list[ModelChoice]) -> str:
+    """One line per local checkpoint: format, size on disk, estimate; greyed with the reason where it cannot run."""
+    lines = []
+    for choice in choices:
+        if choice.fit is None:
+            continue
+        text = f"`{choice.name}` · {choice.fit.summary()}"
+        if choice.fit.fits:
+            lines.append(f"- {text}")
+        else:
+            reason = choice.fit.reason.replace("[", "(").replace("]", ")")
+            lines.append(f"- :gray[{text} — cannot run here: {reason}]")
+    return "\n".join(lines)
 
 
 def _load(slot: ModelSlot, choices: list[ModelChoice], settings: Settings, owner: str) -> None:
@@ -141,11 +173,30 @@ def _load(slot: ModelSlot, choices: list[ModelChoice], settings: Settings, owner
     chosen = next((choice for choice in choices if choice.target == target), None)
     if chosen is None:
         return
-    chosen = replace(chosen, quant=st.session_state.get(QUANT_KEY, "none"))
+    if not chosen.remote:
+        chosen = with_adapter(replace(chosen, quant=st.session_state.get(QUANT_KEY, "none")),
+                              st.session_state.get(ADAPTER_KEY) or None)
     try:
         slot.switch(chosen, by=session_id(), who=owner if settings.user_header else None)
     except VlassistError as exc:
         st.session_state[ERROR_KEY] = f"{chosen.name} was not loaded: {exc}"
+
+
+def _adapter_picker(settings: Settings, current: ModelChoice) -> str | None:
+    """The LoRA adapter select (adapter folders of the models folder, and none); the picked folder or None."""
+    paths = [path for _, path in _adapters(str(settings.models_root.resolve()))]
+    if current.adapter and current.adapter not in paths:
+        paths.insert(0, current.adapter)
+    if not paths:
+        return None
+    options = [""] + paths
+    if st.session_state.get(ADAPTER_KEY) not in options:
+        st.session_state[ADAPTER_KEY] = current.adapter or ""
+    picked = st.selectbox("LoRA adapter", options, key=ADAPTER_KEY,
+                          format_func=lambda path: Path(path).name if path else "none",
+                          help="A peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors) in "
+                               "the models folder, applied to the model above when it is loaded")
+    return picked or None
 
 
 def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
@@ -157,7 +208,7 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
     if answerer is None:
         return
     current = choice_of(answerer)
-    choices = choices_for(answerer, settings)
+    choices = choices_for(answerer, settings, st.session_state.get(QUANT_KEY))
     with st.expander("Model", icon=":material/memory:"):
         where = "on the server" if current.remote else f"in `{settings.models_root}`"
         st.markdown(f"**In use** `{current.name}`" + (f" · {current.family}" if current.family else "")
@@ -174,7 +225,7 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
             st.session_state[PICK_KEY] = current.target
         labels = {choice.target: _label(choice, current) for choice in choices}
         picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY)
-        quant = current.quant
+        picked_choice = next(choice for choice in choices if choice.target == picked)
         if not current.remote:
             if st.session_state.get(QUANT_KEY) not in QUANT_LABELS:
                 st.session_state[QUANT_KEY] = current.quant
@@ -182,11 +233,17 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
                                  help="Quantize a 16-bit checkpoint's text model at load: int8 halves and int4 "
                                       "quarters the memory its weights take. Kept on disk, so the next load is "
                                       "quick. AWQ, FP8 and W4A16 checkpoints are loaded as stored.")
+            picked_choice = with_adapter(replace(picked_choice, quant=quant), _adapter_picker(settings, current))
         busy = slot.state.busy
+        unfit = picked_choice.fit is not None and not picked_choice.fit.fits
         st.button("Load", key="model_load", icon=":material/swap_horiz:", on_click=_load,
-                  args=(slot, choices, settings, owner),
-                  disabled=busy or (picked == current.target and quant == current.quant),
+                  args=(slot, choices, settings, owner), disabled=busy or same_model(picked_choice, current) or unfit,
                   help="Unload the model in use and load this one, for every session of this server")
+        fit_lines = _fit_lines(choices)
+        if fit_lines:
+            st.markdown(fit_lines)
+            st.caption("Memory needs are estimates (weights, K/V for the configured context, reading the largest "
+                       "image) against the GPU memory budget (VLASSIST_GPU_MEMORY_GB, 24 GiB if unset).")
         error = st.session_state.pop(ERROR_KEY, None)
         if error:
             st.error(error, icon=":material/error:")

@@ -97,6 +97,8 @@ def render_model_status(engine, service=None) -> None:
             f"**Device** {info.device} · {info.dtype}  \n"
             f"**Weights** {getattr(info, 'weights_format', '') or info.dtype}{quant}  \n"
             f"**Attention** {info.attn} — {info.attn_reason}")
+        if getattr(info, "adapter", ""):
+            st.markdown(f"**LoRA adapter** `{Path(info.adapter).name}` — {info.adapter_detail}")
         memory = engine.memory()
         if "device_used_gb" in memory:
             st.markdown(f"**VRAM** {_gb(memory['device_used_gb'])} of {_gb(memory['device_total_gb'])} in use "
