@@ -331,7 +331,8 @@ def test_an_extra_tensor_on_a_quantized_layer_is_refused(awq_folder, tmp_path):
 
 
 def test_batch_quant_option_quantizes_the_model(tiny_plain, tmp_path, monkeypatch, png_file):
-    """`vlassist batch --quant int8` answers every image with the int8 model (its weights kept in the cache)."""
+    """`vlassist batch --quant int8` answers every image with the int8 model (its weights kept in the cache); a
+    4-token answer may end at the length limit (status truncated, exit 1), never fail."""
     from vlassist.__main__ import main
 
     monkeypatch.setenv("VLASSIST_DEVICE", "cpu")
@@ -339,8 +340,8 @@ def test_batch_quant_option_quantizes_the_model(tiny_plain, tmp_path, monkeypatc
     monkeypatch.setenv("VLASSIST_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "rows.jsonl"
     assert main(["batch", str(png_file), "--out", str(out), "--prompt", "what is it", "--max-new-tokens", "4",
-                 "--model", str(tiny_plain["qwen2_5_vl"]), "--quant", "int8"]) == 0
-    assert [json.loads(line)["status"] for line in out.read_text().splitlines()] == ["ok"]
+                 "--model", str(tiny_plain["qwen2_5_vl"]), "--quant", "int8"]) in (0, 1)  # 1: cut at 4 tokens
+    assert [json.loads(line)["status"] for line in out.read_text().splitlines()] in (["ok"], ["truncated"])
     assert list((tmp_path / "cache" / "quantized").glob("*-int8-*.safetensors"))
 
 
