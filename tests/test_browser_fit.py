@@ -61,14 +61,17 @@ def test_model_list_shows_format_size_and_estimate_and_greys_what_cannot_run(bro
 
 def test_adapter_picked_in_the_page_is_loaded_and_recorded_with_answers(browser, fit_server):
     """Picking the adapter and Load switches to `tiny+invoices`; the next answer is stored with that adapter."""
-    context = browser.new_context()
+    # A tall window: the adapter picker sits below the fold of the sidebar, where its dropdown would open off-screen.
+    context = browser.new_context(viewport={"width": 1280, "height": 1600})
     tab = context.new_page()
     tab.set_default_timeout(180_000)
     tab.goto(fit_server[0])
     tab.wait_for_selector(TEXTAREA)
     section = open_model_section(tab)
-    section.get_by_role("combobox").nth(2).click()  # after the models list and the Weights choice
+    picker = section.locator('[data-testid="stSelectbox"]', has_text="LoRA adapter")
+    picker.get_by_role("combobox").click()
     tab.locator('[role="option"]', has_text="invoices").click()
+    tab.wait_for_function("el => el.value === 'invoices'", arg=picker.get_by_role("combobox").element_handle())
     section.get_by_role("button", name="Load").click()
     # The switch may end before a loaded machine draws its progress: wait for its outcome, not for the view.
     deadline = time.monotonic() + 180
