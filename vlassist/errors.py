@@ -27,3 +27,8 @@ class OptionError(VlassistError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+def error_line(exc: BaseException) -> str:
+    """An error's first line (at most 300 characters) for stats and stored answers; its type when it has none."""
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__

@@ -40,7 +40,7 @@ from vlassist.engine.decode import (
     rope_positions,
 )
 from vlassist.engine.streaming import finish_stats
-from vlassist.errors import VlassistError
+from vlassist.errors import VlassistError, error_line
 
 if TYPE_CHECKING:
     from vlassist.engine.core import Engine
@@ -112,7 +112,7 @@ def _alone(engine: Engine, turns: Sequence[Turn], options: GenerationOptions, st
 def _failed(exc: BaseException) -> Stats:
     """Stats of a row that failed before it was answered."""
     stats = Stats(stop_reason="error")
-    stats.error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    stats.error = error_line(exc)
     return stats
 
 

@@ -222,9 +222,9 @@ class Engine:
         rows = self.scheduler.submit(first, gens[1:])
         return [self._follow(row, requested) for row in rows]
 
-    def _follow(self, row, requested: float) -> Iterator[str]:
-        """Yield one batch row's text as it is chosen; stats filled in when it ends."""
-        gen = row.gen
+    def _drain(self, gen) -> Iterator[str]:
+        """The answer's text chunks as they come; a silent model raises GenerationError, and a caller that stops
+        reading (or any error) stops the answer."""
         drained = False
         try:
             for chunk in gen.sink:
@@ -236,7 +236,14 @@ class Engine:
             raise GenerationError(f"the model produced nothing for {self.settings.stream_timeout_s:g} s") from None
         finally:
             if not drained:
-                gen.stop.set()  # the caller left: the row leaves the batch at the next step
+                gen.stop.set()
+
+    def _follow(self, row, requested: float) -> Iterator[str]:
+        """Yield one batch row's text as it is chosen; stats filled in when it ends."""
+        gen = row.gen
+        try:
+            yield from self._drain(gen)  # the caller leaving stops the row: it leaves the batch at the next step
+        finally:
             row.done.wait()
             started = row.started or time.perf_counter()
             gen.stats.queued_s = max(0.0, started - requested)
@@ -291,19 +298,10 @@ class Engine:
 
         worker = threading.Thread(target=work, name="vlassist-generate", daemon=True)
         worker.start()
-        drained = False
         try:
-            for chunk in gen.sink:
-                if chunk:
-                    yield chunk
-            drained = True
-        except queue.Empty:
-            gen.stop.set()
-            raise GenerationError(f"the model produced nothing for {self.settings.stream_timeout_s:g} s") from None
+            # When the caller abandons the stream, _drain stops the worker before the device lock is released.
+            yield from self._drain(gen)
         finally:
-            # When the caller abandons the stream, stop the worker before the device lock is released.
-            if not drained:
-                gen.stop.set()
             worker.join()
             finish_stats(gen.stats, gen.sink, started, gen.stop.is_set(), self.eos_ids, gen.output, gen.error)
         if gen.error is not None:

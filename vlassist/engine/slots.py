@@ -11,7 +11,7 @@ import torch
 from vlassist.conversation import GenerationOptions, Stats, Turn
 from vlassist.engine.batched import BUDGET_GB, RESERVE_GB, kv_bytes_per_token
 from vlassist.engine.scheduler import Scheduler
-from vlassist.errors import VlassistError
+from vlassist.errors import VlassistError, error_line
 
 if TYPE_CHECKING:
     from vlassist.engine.core import Engine
@@ -58,12 +58,12 @@ def answer_through(engine: Engine, conversations: Sequence[Sequence[Turn]], opti
     for reply in replies:  # every row streams into its own queue: reading them in turn loses nothing
         if isinstance(reply, BaseException):
             stats = Stats(stop_reason="error")
-            stats.error = str(reply).splitlines()[0][:300] if str(reply) else type(reply).__name__
+            stats.error = error_line(reply)
             results.append(("", stats))
             continue
         try:
             results.append((reply.consume(), reply.stats))
         except VlassistError as exc:
-            reply.stats.stop_reason, reply.stats.error = "error", str(exc).splitlines()[0][:300]
+            reply.stats.stop_reason, reply.stats.error = "error", error_line(exc)
             results.append((reply.text, reply.stats))
     return results

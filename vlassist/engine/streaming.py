@@ -9,6 +9,7 @@ import torch
 from transformers import StoppingCriteria, TextIteratorStreamer
 
 from vlassist.conversation import Stats
+from vlassist.errors import error_line
 
 
 class TimedStreamer(TextIteratorStreamer):
@@ -51,7 +52,7 @@ def finish_stats(stats: Stats, streamer: TimedStreamer, started: float, stopped:
             stats.tokens_per_s = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
     if error is not None:
         stats.stop_reason = "error"
-        stats.error = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        stats.error = error_line(error)
     elif output is not None and output.shape[1] > stats.prompt_tokens and int(output[0, -1]) in eos_ids:
         stats.stop_reason = "eos"
     elif stopped:

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from vlassist.conversation import Answerer
-from vlassist.errors import VlassistError
+from vlassist.errors import VlassistError, error_line
 from vlassist.service import units
 from vlassist.service.jobs import Job, Outcome, Request
 
@@ -331,7 +331,7 @@ class AnswerService:
             return
         except Exception as exc:  # a bug or a device fault: keep the service alive, tell the asker
             log.exception("answer %s failed", job.id)
-            self._end(job, "failed", error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            self._end(job, "failed", error=error_line(exc))
             return
         stopped = reply.stats.stop_reason == "stopped" or job.cancelled
         self._end(job, "stopped" if stopped else "complete", units.waited(job, reply.stats))

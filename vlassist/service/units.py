@@ -6,7 +6,7 @@ import logging
 import threading
 
 from vlassist.conversation import Answerer
-from vlassist.errors import VlassistError
+from vlassist.errors import VlassistError, error_line
 from vlassist.service.jobs import Job
 
 log = logging.getLogger("vlassist.service.answering")
@@ -29,7 +29,7 @@ def run_choices(service, jobs: list[Job], answerer: Answerer) -> None:
         if not isinstance(exc, VlassistError):
             log.exception("answer %s failed", jobs[0].id)
         for job in jobs:
-            service._end(job, "failed", error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            service._end(job, "failed", error=error_line(exc))
         return
 
     def one(job: Job, reply) -> None:
@@ -39,7 +39,7 @@ def run_choices(service, jobs: list[Job], answerer: Answerer) -> None:
         except Exception as exc:
             if not isinstance(exc, VlassistError):
                 log.exception("answer %s failed", job.id)
-            service._end(job, "failed", error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+            service._end(job, "failed", error=error_line(exc))
             return
         stopped = reply.stats.stop_reason == "stopped" or job.cancelled
         service._end(job, "stopped" if stopped else "complete", waited(job, reply.stats))
@@ -66,7 +66,7 @@ def run_group(service, jobs: list[Job], answerer: Answerer) -> None:
     except Exception as exc:  # the whole group failed (out of memory, a device fault): each job says so
         if not isinstance(exc, VlassistError):
             log.exception("answer group %s failed", ", ".join(job.id for job in jobs))
-        error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        error = error_line(exc)
         for job in jobs:
             service._end(job, "failed", error=error)
         return
