@@ -57,20 +57,32 @@ def listed(tab, section) -> list[str]:
     return names
 
 
-def test_first_visit_shows_the_load_progress_before_the_page(browser, models_server):
-    """The first visit draws the title, "Loading model…" and a progress bar with its stage, then the chat box."""
+def test_a_visit_during_the_load_shows_its_progress_then_the_chat_box(browser, tiny_qwen25, tmp_path):
+    """A visit while the model loads draws the title, "Loading model…" and a progress bar with its stage and
+    seconds, then the chat box (the model is copied into place after the server started without one)."""
+    later = tmp_path / "model"  # nothing there yet: the load at server start finds no model
+    data = tmp_path / "data"
+    data.mkdir()
+    proc, url, log = serve(later, data)
     context = browser.new_context()
-    tab = context.new_page()
-    tab.set_default_timeout(180_000)
-    tab.goto(models_server[0])
-    tab.get_by_text("Loading model…").wait_for()
-    tab.locator(PROGRESS).wait_for()
-    assert tab.locator("h1", has_text="vlassist").count() >= 1
-    # What happens now and for how long, e.g. "Reading weights: 0.01 of 0.02 GiB · 12 s".
-    tab.wait_for_function("sel => /· \\d+ s/.test(document.querySelector(sel)?.innerText || '')", arg=PROGRESS)
-    tab.wait_for_selector(TEXTAREA)
-    assert tab.locator(PROGRESS).count() == 0  # the progress view is gone once the model is ready
-    context.close()
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(180_000)
+        tab.goto(url)
+        tab.get_by_text("No model found").wait_for()
+        later.symlink_to(tiny_qwen25, target_is_directory=True)  # the model is copied into place
+        tab.reload()  # the visit starts the load again; the page follows it
+        tab.get_by_text("Loading model…").wait_for()
+        tab.locator(PROGRESS).wait_for()
+        assert tab.locator("h1", has_text="vlassist").count() >= 1
+        # What happens now and for how long, e.g. "Reading weights: 0.01 of 0.02 GiB · 12 s".
+        tab.wait_for_function("sel => /· \\d+ s/.test(document.querySelector(sel)?.innerText || '')",
+                              arg=PROGRESS)
+        tab.wait_for_selector(TEXTAREA)
+        assert tab.locator(PROGRESS).count() == 0  # the progress view is gone once the model is ready
+    finally:
+        context.close()
+        stop(proc, log)
 
 
 def test_load_switches_the_model_and_answers_are_stored_with_it(browser, models_server):
@@ -127,8 +139,13 @@ def test_weights_choice_reloads_the_model_in_use_as_int4(browser, models_server)
     assert load.is_disabled()  # the model in use, as stored: nothing to load
     section.get_by_role("combobox").nth(1).click()
     tab.locator('[role="option"]', has_text="int4 (quantized at load)").click()
+    # A running answer holds the reload back while the page watches (the tiny model alone reloads in a blink).
+    set_length(tab, LONG)
+    ask(tab, "Written before the reload")
+    wait_streaming(tab)
     load.click()
     tab.locator(PROGRESS).wait_for()
+    tab.get_by_text("Waiting for the running answer to finish").first.wait_for()
     tab.locator(PROGRESS).wait_for(state="detached")
     tab.wait_for_selector(TEXTAREA)
     section = open_model_section(tab)
