@@ -83,8 +83,14 @@ def client_main(url: str, folder: Path, tokens: int, first: int, count: int, gap
     results: list[dict | None] = [None] * count
 
     def one(index: int, path: Path) -> None:
-        data = base64.b64encode(path.read_bytes()).decode()
         sent = time.perf_counter()
+        try:
+            results[index] = ask(path, sent)
+        except Exception as exc:  # noqa: BLE001 (a failed answer is counted and its error kept, never dropped)
+            results[index] = {"sent": sent, "ended": time.perf_counter(), "error": f"{type(exc).__name__}: {exc}"[:400]}
+
+    def ask(path: Path, sent: float) -> dict:
+        data = base64.b64encode(path.read_bytes()).decode()
         stats, first_chunk = None, None
         stream = client.chat.completions.create(
             model="default", stream=True, max_tokens=tokens, temperature=0, extra_body={"min_tokens": tokens},
@@ -97,7 +103,7 @@ def client_main(url: str, folder: Path, tokens: int, first: int, count: int, gap
             extension = (chunk.model_extra or {}).get("vlassist")
             if extension:
                 stats = extension["stats"]
-        results[index] = {"sent": sent, "ended": time.perf_counter(), "first_text_s": first_chunk, "stats": stats}
+        return {"sent": sent, "ended": time.perf_counter(), "first_text_s": first_chunk, "stats": stats}
 
     started = time.perf_counter()
     threads = []
@@ -131,7 +137,8 @@ def _images(folder: Path, count: int, size: tuple[int, int]) -> None:
 
 def _summary(name: str, run: dict, tokens: int) -> dict:
     """One scenario's row: totals, per-user decode rate, first-token percentiles, rows that shared a step."""
-    answers = [a for a in run["answers"] if a and a["stats"]]
+    answers = [a for a in run["answers"] if a and a.get("stats")]
+    errors = [a.get("error") or "no stats in the stream" for a in run["answers"] if not (a and a.get("stats"))]
     firsts = sorted(a["stats"]["queued_s"] + a["stats"]["ttft_s"] for a in answers)
     rates = [a["stats"]["tokens_per_s"] for a in answers if a["stats"]["tokens_per_s"]]
 
@@ -146,6 +153,7 @@ def _summary(name: str, run: dict, tokens: int) -> dict:
         "queued_s_max": max((a["stats"]["queued_s"] for a in answers), default=None),
         "rows_shared_max": max((a["stats"].get("batch_rows", 1) for a in answers), default=None),
         "tokens_each": [a["stats"]["new_tokens"] for a in answers], "forced_tokens": tokens,
+        "errors": len(errors), "first_errors": sorted(set(errors))[:3],
     }
 
 
@@ -235,7 +243,8 @@ def main(argv=None) -> int:
         "weights": "tiny random" if args.tiny else "random Qwen2.5-VL-7B architecture, bf16",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
-        "args": vars(args), "server": health, "memory": memory, "scenarios": rows}
+        "args": vars(args), "server": health, "memory": memory, "scenarios": rows,
+        "server_log_tail": Path(log.name).read_text(errors="replace")[-6000:]}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\n{'scenario':<14}{'total s':>9}{'× one':>7}{'tok/s/user':>12}{'× one':>7}{'TTFT p50':>10}"
           f"{'TTFT p95':>10}{'shared':>8}")
@@ -247,6 +256,9 @@ def main(argv=None) -> int:
               f"{f('first_token_p95_s', '10.3f')}{f('rows_shared_max', '8d')}")
     peak = memory.get("peak_gb")
     print(f"peak device memory: {peak:.2f} GiB" if peak is not None else "peak device memory: - (CPU)")
+    for row in rows:
+        for error in row["first_errors"]:
+            print(f"{row['scenario']}: {row['errors']} failed, e.g. {error}")
     print(f"wrote {args.out}")
     return 0
 

@@ -148,18 +148,49 @@ def bytes_per_token(model) -> int:
     return total + sum(t.numel() * t.element_size() for t in model.lm_head.parameters())
 
 
-def run_variant(folder: Path, weights: str, env: dict, args, bandwidth: float) -> dict:
-    """Load `folder` through the engine (int8/int4 quantized at load) and measure it."""
+def memory_parts(model) -> dict:
+    """GiB of device memory the loaded model's tensors take, by part, beside all that is allocated now."""
+    parts: dict[str, int] = {}
+    seen = set()
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type != "cuda" or tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        part = ("vision" if ".visual." in f".{name}" else "lm_head" if name.startswith("lm_head") else
+                "embed" if "embed_tokens" in name else "text layers")
+        parts[part] = parts.get(part, 0) + tensor.numel() * tensor.element_size()
+    out = {part: size / 2**30 for part, size in parts.items()}
+    if torch.cuda.is_available():
+        out["allocated"] = torch.cuda.memory_allocated() / 2**30
+        out["other (caches, graphs, buffers)"] = out["allocated"] - sum(parts.values()) / 2**30
+    return out
+
+
+def run_variant(folder: Path, weights: str, env: dict, args, bandwidth: float, row: dict) -> dict:
+    """Load `folder` through the engine (int8/int4 quantized at load) and measure it into `row`."""
     extra = {"VLASSIST_QUANT": weights} if weights in ("int8", "int4") else {}
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     engine = load_engine(load_settings(dict(env, VLASSIST_MODEL_DIR=str(folder), **extra)))
+    try:
+        return _measure_variant(engine, args, bandwidth, row)
+    finally:  # a variant that failed must not hold its weights while the next one loads
+        engine.close()
+        del engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _measure_variant(engine, args, bandwidth: float, row: dict) -> dict:
+    row["memory_after_load_gib"] = memory_parts(engine.model)  # kept even if what follows fails
     if engine.upgrade is not None:
         engine.upgrade.wait()
+    row["memory_ready_gib"] = memory_parts(engine.model)
     info = engine.info
-    row = {"weights_format": info.weights_format, "quant": info.quant, "decode": info.decode,
-           "load_s": info.load_s, "warmup_s": info.warmup_s, "bytes_per_token": bytes_per_token(engine.model)}
+    row |= {"weights_format": info.weights_format, "quant": info.quant, "decode": info.decode,
+            "load_s": info.load_s, "warmup_s": info.warmup_s, "bytes_per_token": bytes_per_token(engine.model)}
     sizes = [name for name in args.sizes.split(",") if name in SIZES]
     for name in sizes:
         image = _image(SIZES[name], 1)
@@ -172,9 +203,6 @@ def run_variant(folder: Path, weights: str, env: dict, args, bandwidth: float) -
     row["byte_ms_per_token"] = 1000 * row["bytes_per_token"] / (bandwidth * 1e9)
     row["fixed_ms_per_token"] = row["ms_per_token"] - row["byte_ms_per_token"]
     row["peak_gb"] = peak_memory(engine, _image(SIZES[sizes[-1]], 2), args.long_tokens, True)
-    engine.close()
-    del engine
-    gc.collect()
     return row
 
 
@@ -325,7 +353,7 @@ def main(argv=None) -> int:
                                                            group)
                 record["write_s"] = time.perf_counter() - started
             folder = written[(arch, stored)]
-            record |= run_variant(folder, weights, env, args, bandwidth)
+            run_variant(folder, weights, env, args, bandwidth, record)
             if args.transformers and how == "checkpoint":
                 record["transformers"] = transformers_path(folder, device, args.tokens)
         except Exception as exc:  # noqa: BLE001 (a variant that cannot run is recorded, the others go on)
