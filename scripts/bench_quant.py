@@ -143,9 +143,11 @@ def write_checkpoint(tiny: Path, arch: str, weights: str, out: Path, device: str
 def bytes_per_token(model) -> int:
     """Bytes of weights one batch-1 decode step reads: the text model's layers and norms, and lm_head."""
     text = model.model.language_model
-    total = sum(t.numel() * t.element_size() for name, t in list(text.named_parameters()) +
-                list(text.named_buffers()) if not name.startswith("embed_tokens") and "rotary" not in name)
-    return total + sum(t.numel() * t.element_size() for t in model.lm_head.parameters())
+    tensors = [t for name, t in list(text.named_parameters()) + list(text.named_buffers())
+               if not name.startswith("embed_tokens") and "rotary" not in name] + list(model.lm_head.parameters())
+    # Fused q/k/v and gate/up products keep the separate weights as views of the fused one: count storage once.
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
 
 
 def memory_parts(model) -> dict:

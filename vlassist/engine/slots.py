@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from vlassist.engine.core import Engine
 
 # Auto slots on CUDA: rows of a typical screenshot question (a 1024² image is ~1.3k tokens) and its answer, and
-# the most rows chosen (a 7B step costs about the same for 1 row as for 16; more rows would mostly add latency).
+# the most rows chosen. Measured on an H200 under a 24 GiB cap (7B, 1024² screenshots, docs/PERFORMANCE.md): with
+# 16 slots 15 of 16 simultaneous answers failed and the server stopped answering; with 8 slots all 16 were answered
+# (8 at a time, the others queued). VLASSIST_PARALLEL sets more where memory allows.
 TYPICAL_ROW_TOKENS = 2048
-MAX_AUTO_SLOTS = 16
+MAX_AUTO_SLOTS = 8
 
 
 def plan(engine: Engine) -> tuple[int, int | None]:
