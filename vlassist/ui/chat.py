@@ -18,7 +18,7 @@ from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.service.models import answer_model
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
-from vlassist.ui import attach, live, tasks, verbatim
+from vlassist.ui import attach, live, tasks, text_drafts, verbatim
 from vlassist.ui.results import guess_view, render_view
 
 CHAT_KEY = tasks.CHAT_KEY
@@ -249,6 +249,7 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
 
 def chat_input():
     """The chat box: text plus any number of images or PDFs, from the file picker, drag and drop, or a paste."""
+    text_drafts.keep_drafts()  # unsent text stays with its conversation
     return st.chat_input("Ask about your images — paste a screenshot with Ctrl+V, or drop or attach files",
                          key=CHAT_KEY, accept_file="multiple", file_type=attach.FILE_TYPES)
 
