@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                      help="longest answer, in tokens")
     ask.add_argument("--creative", action="store_true", help="sample instead of greedy (precise) decoding")
-    ask.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (--creative)")
+    ask.add_argument("--temperature", type=float, default=defaults.temperature,
+                     help="sampling temperature (--creative)")
     ask.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling probability (--creative)")
     ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
                      help="penalty on repeated tokens (--creative)")
