@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from vlassist.ui import models_panel
 from vlassist.ui.media_scope import remember_owner
 
 MAX_OWNER_LENGTH = 200
+SHUTDOWN_STOP_S = 1.5  # at exit, how long the stopped answers get to be stored (the server must be gone in 3 s)
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +76,17 @@ def read_only_notice(history_: History) -> None:
 
 @st.cache_resource(show_spinner=False)
 def _slot(key: str, _settings: Settings) -> ModelSlot:
-    return ModelSlot(_settings)
+    slot = ModelSlot(_settings)
+    atexit.register(_stop_answers, slot)
+    return slot
+
+
+def _stop_answers(slot: ModelSlot) -> None:
+    """At server exit (SIGTERM, Ctrl+C): stop the answers being written, so each is stored as a stopped partial
+    answer now rather than left running, and the process ends promptly instead of after the answer."""
+    service = slot.service
+    if service is not None:
+        service.close(timeout=SHUTDOWN_STOP_S)
 
 
 def model_slot(settings: Settings) -> ModelSlot:
