@@ -16,6 +16,7 @@ from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prom
 from vlassist.answers.schemas import boxes_schema, fields_schema, template_schema
 from vlassist.conversation import Stats
 from vlassist.images import Sizing, load_image
+from vlassist.service.conversations import build_turns
 from vlassist.store.history import History, NewImage
 
 # The JSON grammar closes its document within the engine's default answer length; ask with that length.
@@ -99,11 +100,48 @@ def test_json_fields_answer_is_constrained_stored_and_shown(app_env):
     [conversation] = stored(app_env)
     question, answer = conversation.messages
     schema = json.dumps(fields_schema("vendor, total:number, paid:boolean"))
-    assert answer.options["json_schema"] == schema and question.text == json_schema_prompt(schema)
+    assert answer.options["json_schema"] == schema
     assert validation_errors(json.loads(answer.text), schema) == ()
     assert answer.stats.stop_reason == "eos"
     assert len(at.chat_message[1].dataframe) == 1
     assert downloads(at) >= {"Download JSON", "Download CSV"}
+
+
+def test_json_fields_question_is_stored_as_typed_with_its_schema_as_option(app_env):
+    """The "Name fields" question is stored as the user typed it; its schema is kept as the question's option."""
+    at = start_app()
+    at.button(key="preset_json").click().run()
+    at.text_input(key="json_fields").input("vendor, total:number").run()
+    ask_app(at, "Read the receipt", ("invoice.png", image_bytes((120, 80)), "image/png"), length=JSON_LENGTH)
+    [conversation] = stored(app_env)
+    question, _ = conversation.messages
+    assert question.text == "Read the receipt"
+    assert question.options == {"json_schema": json.dumps(fields_schema("vendor, total:number"))}
+
+
+def test_json_fields_question_shows_schema_folded_under_it(app_env):
+    """The shown question is the typed text; the schema sits in a folded expander under it, not in the text."""
+    at = start_app()
+    at.button(key="preset_json").click().run()
+    at.text_input(key="json_fields").input("vendor, total:number").run()
+    ask_app(at, PRESETS["json"].prompt, ("invoice.png", image_bytes((120, 80)), "image/png"), length=JSON_LENGTH)
+    [question_html] = [h.proto.body for h in at.chat_message[0].get("html")]
+    assert PRESETS["json"].prompt in question_html and "properties" not in question_html
+    [folded] = at.chat_message[0].expander
+    assert folded.label == "JSON Schema" and not folded.proto.expanded
+    assert json.loads(folded.json[0].value) == fields_schema("vendor, total:number")
+
+
+def test_json_question_reaches_the_model_with_its_schema(tmp_path):
+    """A question stored with its schema as option is read by the model with the schema-bearing prompt."""
+    history = History.open(tmp_path / "data")
+    store = history.for_owner("local")
+    conversation = store.create_conversation("receipt")
+    schema = json.dumps(fields_schema("total:number"))
+    store.add_question(conversation, PRESETS["json"].prompt, preset="json", question_schema=schema)
+    [turn] = build_turns(store.get_conversation(conversation), store)
+    history.close()
+    assert turn.text == json_schema_prompt(schema)
 
 
 def test_json_template_answer_validates_on_qwen3(app_env3):

@@ -68,14 +68,14 @@ def test_edited_preset_prompt_is_the_users_words(app_env):
 
 
 def test_json_preset_with_a_template_is_titled_with_the_task(app_env):
-    """The JSON preset's schema-bearing prompt (not the user's words) gives "Extract JSON · <file>"."""
+    """The JSON preset's prompt (not the user's words) gives "Extract JSON · <file>"."""
     at = start_app()
     at.button(key="preset_json").click().run()
     at.radio(key="json_source").set_value("template").run()
     at = ask_app(at, PRESETS["json"].prompt, png("invoice.png"))
     assert titles(at, app_env)[0] == "Extract JSON · invoice.png"
     [conversation] = stored(app_env)
-    assert "Schema:" in conversation.messages[0].text and "Schema" not in conversation.title
+    assert conversation.messages[0].options["json_schema"] and "Schema" not in conversation.title
 
 
 def test_find_objects_with_a_new_target_is_titled_with_the_task(app_env):

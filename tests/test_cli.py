@@ -46,11 +46,22 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
+def _tiff_cut_in_its_tags() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (64, 64)).save(buf, "TIFF")
+    return buf.getvalue()[:40]
+
+
 BAD_IMAGES = {
     "empty.png": b"",
     "text.png": b"just some text renamed to .png\n",
     "truncated.png": image_bytes((300, 300), fmt="PNG", color=(9, 99, 199))[:400],
     "truncated.jpg": image_bytes((300, 300), fmt="JPEG")[:600],
+    "truncated-ifd.tif": _tiff_cut_in_its_tags(),  # Pillow warns "Corrupt EXIF data" before it gives up
     "strip.png": image_bytes((1, 5000)),
     "bomb.png": _bomb(),
     "drawing.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="9" height="9"/></svg>',

@@ -109,3 +109,14 @@ def test_engine_seam_closes_json_within_a_short_answer_limit(engine):
     text = reply.consume()
     assert reply.stats.stop_reason == "eos", text
     assert validation_errors(json.loads(text), schema) == ()
+
+
+def test_forced_answer_length_lets_the_json_grammar_end(engine):
+    """A forced answer length (VLASSIST_MIN_ANSWER_TOKENS, min_tokens) yields to a JSON Schema: the answer ends
+    when its document is complete and stays valid JSON."""
+    schema = fields_schema("vendor, total:number")
+    reply = engine.stream([Turn("user", "Extract the fields as JSON.", [load_image(image_bytes((64, 48)))])],
+                          GenerationOptions(max_new_tokens=300, min_new_tokens=300, json_schema=json.dumps(schema)))
+    text = reply.consume()
+    assert reply.stats.stop_reason == "eos", text
+    assert validation_errors(json.loads(text), schema) == ()

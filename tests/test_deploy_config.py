@@ -154,3 +154,15 @@ def test_service_units_pass_systemd_analyze_verify(tmp_path):
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *paths], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_allowed_hosts_instruction_is_the_same_everywhere(streamlit_config):
+    """nginx passes requests on with a Host the app allows, and no shipped file tells to add the intranet name to
+    allowedHosts instead (the intranet name goes in nginx's server_name only)."""
+    (host,) = nginx_directive("proxy_set_header Host")
+    assert host.strip('"').rsplit(":", 1)[0] in streamlit_config["server"]["allowedHosts"]
+    texts = [ROOT / "README.md", ROOT / ".streamlit" / "config.toml", *sorted((ROOT / "deploy").iterdir()),
+             *sorted((ROOT / "docs").glob("*.md"))]
+    telling = [p.name for p in texts if p.is_file() and re.search(
+        r"STREAMLIT_SERVER_ALLOWED_HOSTS|--server\.allowedHosts|add the intranet name", p.read_text())]
+    assert telling == []

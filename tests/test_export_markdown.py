@@ -3,6 +3,7 @@ code stays code, every other text shows exactly as stored and runs no HTML."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
@@ -100,3 +101,16 @@ def test_export_gives_local_time_with_its_offset():
     """The export's start time is local time with its UTC offset written out (e.g. "+01:00")."""
     markdown = export.to_markdown(_conversation(_message("user", "q")))
     assert re.search(r"Started \d{4}-\d\d-\d\d \d\d:\d\d [+-]\d\d:\d\d", markdown)
+
+
+def test_export_time_is_the_machines_local_time_not_utc(monkeypatch):
+    """In a time zone east of UTC, the export's start time is that zone's wall-clock time and its offset."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30 all year: no daylight-saving edge
+    time.tzset()
+    try:
+        conversation = dataclasses.replace(_conversation(_message("user", "q")),
+                                           created_at=1_764_889_500.0)  # 2025-12-04 23:05 UTC
+        assert "*Started 2025-12-05 04:35 +05:30*" in export.to_markdown(conversation)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

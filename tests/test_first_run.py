@@ -154,6 +154,24 @@ def test_page_shows_no_model_found_without_importing_torch(tmp_path):
     assert "torch imported: False" in done.stdout
 
 
+def test_no_model_page_lists_the_checkpoints_in_the_models_folder(tmp_path, tiny_qwen25):
+    """With VLASSIST_MODEL_DIR naming a missing folder, the 'No model found' page lists the checkpoints beside it
+    (the models folder), each with the VLASSIST_MODEL_DIR value that would load it; torch is still not imported."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "qwen25-tiny").symlink_to(tiny_qwen25, target_is_directory=True)
+    (models / "not-a-checkpoint").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLASSIST_")}
+    env.update(VLASSIST_MODEL_DIR=str(models / "absent"), VLASSIST_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run([sys.executable, "-c", APP_TEST], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "No model found" in done.stdout and f"Checkpoints found in `{models}`" in done.stdout
+    assert f"`qwen25-tiny` (qwen2_5_vl): `VLASSIST_MODEL_DIR={models / 'qwen25-tiny'}`" in done.stdout
+    assert "not-a-checkpoint" not in done.stdout
+    assert "torch imported: False" in done.stdout
+
+
 @pytest.mark.enable_socket
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed")
 def test_browser_shows_no_model_found_and_the_server_never_loads_torch(browser, tmp_path):

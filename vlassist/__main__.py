@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vlassist.batch.cli import FREE_BOXES_HELP
 from vlassist.batch.cli import add_parser as add_batch_parser
+from vlassist.cli_help import CliParser
 from vlassist.config import QUANT, load_settings
 from vlassist.conversation import GenerationOptions, Turn
 from vlassist.errors import VlassistError
@@ -30,7 +31,7 @@ ADAPTER_HELP = "peft LoRA adapter folder applied to the model at load (default: 
 
 def _parser() -> argparse.ArgumentParser:
     defaults = GenerationOptions()
-    ap = argparse.ArgumentParser(prog="python -m vlassist", description="Offline visual analysis with Qwen-VL.")
+    ap = CliParser(prog="python -m vlassist", description="Offline visual analysis with Qwen-VL.")
     sub = ap.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="ask questions about images; the answer streams to stdout")
     ask.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
@@ -49,24 +50,28 @@ def _parser() -> argparse.ArgumentParser:
                                                    "against it (printed alone on stdout)")
     shape.add_argument("--fields", help="comma-separated fields to extract as JSON, e.g. vendor,total:number")
     shape.add_argument("--template", help="extraction template: invoice, form, meter or table_rows")
-    ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    ask.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                     help="longest answer, in tokens")
     ask.add_argument("--creative", action="store_true", help="sample instead of greedy (precise) decoding")
-    ask.add_argument("--temperature", type=float, default=defaults.temperature)
-    ask.add_argument("--top-p", type=float, default=defaults.top_p)
-    ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    ask.add_argument("--max-image-tokens", type=int, help="visual-token budget per image")
+    ask.add_argument("--temperature", type=float, default=defaults.temperature,
+                     help="sampling temperature (--creative)")
+    ask.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling probability (--creative)")
+    ask.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
+                     help="penalty on repeated tokens (--creative)")
+    ask.add_argument("--max-image-tokens", type=int,
+                     help="visual-token budget per image (default: VLASSIST_MAX_IMAGE_TOKENS)")
     ask.add_argument("--low-res", action="store_true", help="low-resolution mode (long side about 768 px)")
-    ask.add_argument("--seed", type=int)
+    ask.add_argument("--seed", type=int, help="random seed for sampling (default: none, a new one each run)")
     ask.add_argument("--no-cache", action="store_true", help="do not reuse KV caches between turns")
     ask.add_argument("--json-stats", action="store_true", help="print each answer's stats as a JSON line on stderr")
     info = sub.add_parser("info", help="load the model and print family, device, attention and memory")
-    info.add_argument("--model", type=Path)
+    info.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
     info.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
     info.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     serve = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model", type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    serve.add_argument("--model", type=Path, help="checkpoint folder (default: VLASSIST_MODEL_DIR)")
     serve.add_argument("--quant", choices=QUANT, help=QUANT_HELP)
     serve.add_argument("--adapter", type=Path, help=ADAPTER_HELP)
     add_batch_parser(sub, defaults)

@@ -141,6 +141,9 @@ def probe_image(data: bytes, name: str | None = None, nbytes: int | None = None)
         raise ImageError(f"{label}the file is empty")
     try:
         with warnings.catch_warnings():
+            # Pillow warns about damaged parts it reads past (corrupt EXIF…): the image is judged by what decodes,
+            # and a warning printed beside the one-line error (or into a server's log) tells the user nothing.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.init()
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
@@ -181,6 +184,9 @@ def load_image(data: bytes, name: str | None = None) -> LoadedImage:
 def _decode(data: bytes, label: str, fit: Fit | None = None) -> tuple[Image.Image, str, tuple[int, int] | None]:
     try:
         with warnings.catch_warnings():
+            # Pillow warns about damaged parts it reads past (corrupt EXIF…): the image is judged by what decodes,
+            # and a warning printed beside the one-line error (or into a server's log) tells the user nothing.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.init()  # register every plugin so the allow-list can name them
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)

@@ -86,3 +86,11 @@ def json_schema_prompt(schema_text: str) -> str:
     return ("Extract the information in this image as one JSON object that follows this JSON Schema. Copy "
             "values exactly as written, give numbers as numbers, and use null for anything not shown.\n"
             f"Schema:\n{schema_text}")
+
+
+def json_question(text: str, schema_text: str) -> str:
+    """What the model reads for a question held to a JSON Schema: the preset's prompt becomes the schema-bearing
+    prompt; the user's own words are kept and the schema follows them."""
+    if text.strip() == PRESETS["json"].prompt:
+        return json_schema_prompt(schema_text)
+    return f"{text}\n\nAnswer with one JSON object that follows this JSON Schema:\n{schema_text}"

@@ -18,7 +18,21 @@ from .app import create_app
 from .limits import ConnectionLimits, connection_cap, guarded_protocol, raise_descriptor_limit
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_S = 5  # open streams get this long to end on Ctrl+C / SIGTERM
+SHUTDOWN_GRACE_S = 2  # open connections get this long to end on Ctrl+C / SIGTERM (streams are stopped at once)
+
+
+class _StoppingServer(uvicorn.Server):
+    """A uvicorn server that, on Ctrl+C or SIGTERM, also stops every answer at once: a streaming answer would
+    otherwise hold its connection open until it ended, and the process would not exit."""
+
+    def __init__(self, config: uvicorn.Config, service: AnswerService):
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig, frame) -> None:
+        """Begin uvicorn's shutdown and cancel every queued and running answer; the streams end as stopped."""
+        super().handle_exit(sig, frame)
+        self.service.close(timeout=0)  # cancels and returns: the worker ends on its own thread
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, answerer=None) -> int:
@@ -44,7 +58,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, answere
                             http=guarded_protocol(limits, cap), timeout_keep_alive=int(max(1, limits.keepalive_s)),
                             h11_max_incomplete_event_size=limits.max_header_bytes)
     try:
-        uvicorn.Server(config).run()
+        _StoppingServer(config, service).run()
     finally:
         service.close()
     return 0

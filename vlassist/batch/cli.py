@@ -42,7 +42,7 @@ def add_parser(sub, defaults: GenerationOptions) -> None:
     shape.add_argument("--schema", type=Path, help="JSON Schema file: every answer is JSON valid against it")
     shape.add_argument("--fields", help="comma-separated fields to extract as JSON, e.g. vendor,total:number")
     shape.add_argument("--template", help="extraction template: invoice, form, meter or table_rows")
-    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help=f"PDF rendering resolution (default {DEFAULT_DPI})")
+    p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="PDF rendering resolution")
     p.add_argument("--pages", help="PDF pages to answer, e.g. 1-3,7,10- (default: all)")
     p.add_argument("--retry-failed", action="store_true",
                    help="answer again the rows that failed or were cut at the answer length (truncated) in earlier "
@@ -53,15 +53,17 @@ def add_parser(sub, defaults: GenerationOptions) -> None:
                    help="images answered together on the local engine (default: auto, from free GPU memory "
                         "within the 24 GB budget; 1 on the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest answer, in tokens")
     p.add_argument("--min-new-tokens", type=int, default=0, help="force answers at least this long (benchmarks)")
     p.add_argument("--creative", action="store_true", help="sample instead of greedy (precise) decoding")
-    p.add_argument("--temperature", type=float, default=defaults.temperature)
-    p.add_argument("--top-p", type=float, default=defaults.top_p)
-    p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    p.add_argument("--max-image-tokens", type=int, help="visual-token budget per image or page")
+    p.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (--creative)")
+    p.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling probability (--creative)")
+    p.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
+                   help="penalty on repeated tokens (--creative)")
+    p.add_argument("--max-image-tokens", type=int,
+                   help="visual-token budget per image or page (default: VLASSIST_MAX_IMAGE_TOKENS)")
     p.add_argument("--low-res", action="store_true", help="low-resolution mode (long side about 768 px)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed for sampling (default: none, a new one each run)")
     p.add_argument("--no-cache", action="store_true", help="do not reuse KV caches")
 
 

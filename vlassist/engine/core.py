@@ -15,6 +15,7 @@ from vlassist import offline  # noqa: F401  (sets the offline switches before tr
 from vlassist.config import Settings
 from vlassist.conversation import GenerationOptions, Reply, Stats, Turn
 from vlassist.engine import batched, compilecache, generate, slots
+from vlassist.engine.decode import yield_to_grammar
 from vlassist.engine.encode import PixelMemo, check_turns, conversation_images, encode_prompt, prompt_tools
 from vlassist.engine.fastdecode import build_decoder
 from vlassist.engine.kvcache import PrefixStore
@@ -208,7 +209,8 @@ class Engine:
         requested = time.perf_counter()
         with self._encoding:
             first = generate.prepare(self, turns, options, stops[0], stats[0])
-        gens = [first] + [generate.Generation(first.inputs, first.image_keys, _nth(options, i), stop, _sink(self),
+        gens = [first] + [generate.Generation(first.inputs, first.image_keys, yield_to_grammar(_nth(options, i)),
+                                              stop, _sink(self),
                                               _copy_stats(first.stats, stat))
                           for i, (stop, stat) in enumerate(zip(stops[1:], stats[1:]), start=1)]
         for gen, noted in zip(gens, logprobs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -92,6 +93,13 @@ def constrained(options) -> bool:
     """True if the answer is held to a grammar: a JSON Schema, a regular expression, a list of choices, or forced
     tool calls."""
     return bool(options.json_schema or options.regex or options.choice) or constrained_tools(options)
+
+
+def yield_to_grammar(options):
+    """`options` with no answer-length floor when a grammar holds the answer: once the grammar's document is
+    complete only an end-of-answer token is allowed, so a floor (VLASSIST_MIN_ANSWER_TOKENS, min_tokens) would leave
+    no token to choose and break the document."""
+    return replace(options, min_new_tokens=0) if options.min_new_tokens and constrained(options) else options
 
 
 def logits_processors(options, prompt_len: int, eos_ids, tokenizer, config, prompt_known: bool = True) -> list:

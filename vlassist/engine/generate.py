@@ -34,6 +34,7 @@ from vlassist.engine.decode import (
     prefill,
     rope_positions,
     step_positions,
+    yield_to_grammar,
 )
 from vlassist.engine.encode import conversation_images
 from vlassist.engine.fastdecode import StaticDecoder
@@ -92,7 +93,7 @@ def prepare(engine: Engine, turns: Sequence[Turn], options: GenerationOptions, s
     keys = [image_key(image.sha256, s.input_size) for image, s in zip(conversation_images(turns), sizings)]
     sink = TimedStreamer(engine.processor.tokenizer, timeout=engine.settings.stream_timeout_s)
     mark("encode")
-    return Generation(inputs, keys, options, stop or threading.Event(), sink, stats, mark)
+    return Generation(inputs, keys, yield_to_grammar(options), stop or threading.Event(), sink, stats, mark)
 
 
 def run(engine: Engine, gen: Generation) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from cachetools import LRUCache
 
+from vlassist.answers.prompts import json_question
 from vlassist.conversation import GenerationOptions, Stats, Turn
 from vlassist.errors import ImageError, VlassistError
 from vlassist.images import LoadedImage, load_image
@@ -72,7 +73,9 @@ def build_turns(conversation: StoredConversation, store: OwnerStore, upto: int |
                 turns.append(Turn("assistant", message.text))
         else:
             images = [stored_image(store, ref.sha256, ref.name) for ref in message.images]
-            turns.append(Turn("user", message.text, [image for image in images if image is not None]))
+            schema = (message.options or {}).get("json_schema")
+            text = json_question(message.text, schema) if schema else message.text  # the model is told the schema
+            turns.append(Turn("user", text, [image for image in images if image is not None]))
         if message.id == upto:
             break
     return turns
@@ -122,7 +125,8 @@ def ask(service: AnswerService, store: OwnerStore, conversation_id: int | None, 
     try:
         question_id, answer_id = store.add_question(conversation_id, text, images, preset=preset, options=options,
                                                     model_family=model_family, model=model,
-                                                    weights_format=weights_format, adapter=adapter)
+                                                    weights_format=weights_format, adapter=adapter,
+                                                    question_schema=options.json_schema if preset == "json" else None)
     except VlassistError:
         if created:  # leave no empty conversation behind a question that could not be stored
             with contextlib.suppress(VlassistError):

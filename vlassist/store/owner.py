@@ -165,11 +165,18 @@ class OwnerStore:
     def add_question(self, conversation_id: int, text_: str, images: Sequence[NewImage] = (), *,
                      preset: str | None = None, options: GenerationOptions | dict | None = None,
                      model_family: str | None = None, model: str | None = None,
-                     weights_format: str | None = None, adapter: str | None = None) -> tuple[int, int]:
-        """Store a question and its empty "running" answer in one transaction (both or neither); their ids."""
+                     weights_format: str | None = None, adapter: str | None = None,
+                     question_schema: str | None = None) -> tuple[int, int]:
+        """Store a question and its empty "running" answer in one transaction (both or neither); their ids.
+
+        `question_schema` is the JSON Schema the user chose for the question; it is kept beside the question's
+        text (as its option) rather than written into it, so the text stays what the user typed.
+        """
         thumbs = {new.loaded.sha256: make_thumbnail(new.loaded.image) for new in images}
         with Session(self.engine) as session, session.begin():
             question = self._insert_question(session, conversation_id, text_, images, thumbs)
+            if question_schema is not None:
+                question.options = {"json_schema": question_schema}
             answer = self._new_answer(session, conversation_id, "", "running", preset, options, model_family, model,
                                       weights_format, adapter)
             return question.id, answer.id

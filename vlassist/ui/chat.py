@@ -133,6 +133,7 @@ def render_user_message(message: StoredMessage, store: OwnerStore, engine, optio
         render_images(message.images, store, engine, options)
         if message.text:
             verbatim.show_plain(message.text, css_class="vl-question")
+        tasks.render_question_schema(message)
 
 
 def render_assistant_message(message: StoredMessage,
@@ -309,7 +310,7 @@ def ask(submission, engine, service: AnswerService, store: OwnerStore, options: 
         except VlassistError as exc:
             _refuse(f"Not sent — the JSON shape cannot be used: {exc}. Fix it under the presets and send "
                     "again; your question and images are kept.", text, boxed)
-        options, text = replace(options, json_schema=schema), tasks.json_question(text, schema)
+        options = replace(options, json_schema=schema)  # the text stays as typed; the schema goes as an option
     elif preset == "grounding" and engine.info.family in BOX_FAMILIES:
         options = replace(options, json_schema=tasks.grounding_schema(engine.info.family))
     st.session_state.pop(tasks.PRESET_KEY, None)

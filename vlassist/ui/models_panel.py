@@ -40,6 +40,8 @@ STAGES = {
     "wait": "Waiting for the running answer to finish",
     "unload": "Unloading the previous model",
 }
+_ORDER = {stage: i for i, stage in enumerate(("wait", "unload", "start", "read", "weights", "device", "warmup",
+                                              "ready"))}  # a load's stages in the order they come
 
 
 def session_id() -> str | None:
@@ -64,16 +66,27 @@ def _heading(state: LoadState, session: str | None) -> str:
 
 
 def _steps(seen: list[tuple[str, float]], state: LoadState) -> str:
+    """The stages so far, one a line: a check only on a stage that was done (a later one began after it, or the
+    load ended ready); a stage the load failed in, or left to start over, gets a cross."""
     lines = []
     for i, (stage, began) in enumerate(seen):
         name = STAGES.get(stage, stage)
         if i + 1 < len(seen):
-            lines.append(f":material/check: {name} — {seen[i + 1][1] - began:.1f} s")
+            # A later stage that comes earlier in a load's order means it began again: this stage did not finish.
+            mark = "check" if _ORDER.get(seen[i + 1][0], 0) > _ORDER.get(stage, 0) else "close"
+            lines.append(f":material/{mark}: {name} — {seen[i + 1][1] - began:.1f} s")
         elif state.busy:
             lines.append(f":material/progress_activity: {name}…")
-        elif state.phase == "ready":
+        elif loaded(state):
             lines.append(f":material/check: {name}")
+        else:
+            lines.append(f":material/close: {name} — failed")
     return "  \n".join(lines)
+
+
+def loaded(state: LoadState) -> bool:
+    """True only for a load that ended ready and complete (100 %): what may be shown with a check mark."""
+    return state.phase == "ready" and state.fraction >= 1.0
 
 
 def follow_load(slot: ModelSlot, heading, session: str | None) -> LoadState:
@@ -104,7 +117,10 @@ def follow_load(slot: ModelSlot, heading, session: str | None) -> LoadState:
         if not state.busy:
             break
         time.sleep(POLL_S)
-    status.update(state="complete" if state.phase == "ready" else "error", expanded=False)
+    if loaded(state):
+        status.update(label=f"{STAGES['ready']} · 100%", state="complete", expanded=False)
+    else:  # failed (at whatever fraction) or never started: no check mark, the steps stay open to show where
+        status.update(label=f"Not loaded · stopped at {state.fraction:.0%}", state="error", expanded=True)
     return state
 
 

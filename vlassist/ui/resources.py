@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import streamlit as st
 from vlassist.config import Settings, load_settings
 from vlassist.errors import ConfigError, ModelNotFoundError, StorageError, VlassistError
 from vlassist.service.answering import AnswerService
-from vlassist.service.models import ModelSlot
+from vlassist.service.models import ModelSlot, list_checkpoints
 from vlassist.store.history import LOCAL_OWNER, History
 from vlassist.ui import models_panel
 from vlassist.ui.media_scope import remember_owner
 
 MAX_OWNER_LENGTH = 200
+SHUTDOWN_STOP_S = 1.5  # at exit, how long the stopped answers get to be stored (the server must be gone in 3 s)
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +76,17 @@ def read_only_notice(history_: History) -> None:
 
 @st.cache_resource(show_spinner=False)
 def _slot(key: str, _settings: Settings) -> ModelSlot:
-    return ModelSlot(_settings)
+    slot = ModelSlot(_settings)
+    atexit.register(_stop_answers, slot)
+    return slot
+
+
+def _stop_answers(slot: ModelSlot) -> None:
+    """At server exit (SIGTERM, Ctrl+C): stop the answers being written, so each is stored as a stopped partial
+    answer now rather than left running, and the process ends promptly instead of after the answer."""
+    service = slot.service
+    if service is not None:
+        service.close(timeout=SHUTDOWN_STOP_S)
 
 
 def model_slot(settings: Settings) -> ModelSlot:
@@ -117,7 +129,7 @@ def _load_failed(settings: Settings, error: BaseException | None) -> None:
             "```bash\n./scripts/setup.sh\n.venv/bin/python scripts/fetch_model.py\n```\n\n"
             f"then copy the downloaded folder to `{settings.model_dir}` on this machine (or point "
             "`VLASSIST_MODEL_DIR` at it) and reload this page. See the README, *Putting a model on an offline "
-            "machine*.",
+            "machine*." + _found_checkpoints(settings),
             icon=":material/inventory_2:",
         )
     elif isinstance(error, VlassistError):  # a bad setting, or a model server that cannot be reached
@@ -125,6 +137,17 @@ def _load_failed(settings: Settings, error: BaseException | None) -> None:
     else:  # a bug or a device fault: say what, the log has the rest
         st.error(f"The model cannot be loaded: {type(error).__name__}: {error}")
     st.stop()
+
+
+def _found_checkpoints(settings: Settings) -> str:
+    """What the models folder holds, so the user can point VLASSIST_MODEL_DIR at one of its checkpoints."""
+    root = settings.models_root
+    found = list_checkpoints(root)
+    if not found:
+        return f"\n\nNo checkpoint folders were found in `{root}` either."
+    rows = "\n".join(f"- `{choice.name}` ({choice.family}): `VLASSIST_MODEL_DIR={choice.target}`" for choice in found)
+    return (f"\n\n**Checkpoints found in `{root}`** — set `VLASSIST_MODEL_DIR` to one of them and restart the "
+            f"server:\n\n{rows}")
 
 
 def service(engine, settings: Settings) -> AnswerService:

@@ -6,7 +6,7 @@ import json
 
 import streamlit as st
 
-from vlassist.answers.prompts import PRESETS, grounding_prompt, json_schema_prompt, task_prompt
+from vlassist.answers.prompts import PRESETS, grounding_prompt, task_prompt
 from vlassist.answers.schemas import (
     TEMPLATES,
     boxes_schema,
@@ -141,8 +141,12 @@ def chosen_schema() -> str | None:
     return json.dumps(schema, ensure_ascii=False)
 
 
-def json_question(text: str, schema: str | None) -> str:
-    """The question to send: the preset's prompt becomes the schema-bearing prompt; edited text is kept."""
-    if schema and text.strip() == PRESETS["json"].prompt:
-        return json_schema_prompt(schema)
-    return text
+def render_question_schema(message) -> None:
+    """Under a question held to a JSON Schema, that schema folded away (the question itself is the user's text)."""
+    schema = (message.options or {}).get("json_schema")
+    if schema:
+        with st.expander("JSON Schema", icon=":material/data_object:"):
+            try:
+                st.json(json.loads(schema), expanded=True)
+            except ValueError:
+                st.code(schema, language="json")
