@@ -18,7 +18,7 @@ from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.service.models import answer_model
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
-from vlassist.ui import attach, live, tasks, text_drafts, verbatim
+from vlassist.ui import attach, live, question_images, tasks, text_drafts, verbatim
 from vlassist.ui.results import guess_view, render_view
 
 CHAT_KEY = tasks.CHAT_KEY
@@ -111,26 +111,10 @@ def stored_image_caption(ref: ImageRef) -> str:
 
 # ---- rendering ----
 
-def render_images(refs, store: OwnerStore, engine, options: GenerationOptions) -> None:
-    """Thumbnails of a message's images with their sizes."""
-    if not refs:
-        return
-    columns = st.columns(min(len(refs), 3))
-    for i, ref in enumerate(refs):
-        with columns[i % len(columns)]:
-            thumb = store.thumbnail(ref.sha256)
-            caption = stored_image_caption(ref) if ref.sizing else image_caption(ref.name, ref.size, ref.format,
-                                                                                  engine, options)
-            if thumb:
-                st.image(thumb, caption=caption)
-            else:
-                st.caption(caption)
-
-
 def render_user_message(message: StoredMessage, store: OwnerStore, engine, options: GenerationOptions) -> None:
     """A user's turn: the images first, then the question."""
     with st.chat_message("user"):
-        render_images(message.images, store, engine, options)
+        question_images.render(message.images, store, engine, options)
         if message.text:
             verbatim.show_plain(message.text, css_class="vl-question")
         tasks.render_question_schema(message)

@@ -40,6 +40,10 @@ STAGES = {
     "wait": "Waiting for the running answer to finish",
     "unload": "Unloading the previous model",
 }
+# A dropdown's options wrap instead of being clipped, so a long checkpoint name can be read whole when picking.
+_OPTION_STYLE = """<style>
+[role="listbox"] [role="option"] > div { white-space: normal; overflow-wrap: anywhere; overflow: visible; }
+</style>"""
 _ORDER = {stage: i for i, stage in enumerate(("wait", "unload", "start", "read", "weights", "device", "warmup",
                                               "ready"))}  # a load's stages in the order they come
 
@@ -240,7 +244,10 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
         if st.session_state.get(PICK_KEY) not in targets:
             st.session_state[PICK_KEY] = current.target
         labels = {choice.target: _label(choice, current) for choice in choices}
-        picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY)
+        st.html(_OPTION_STYLE)
+        # The closed box shows one line and cuts a long name: its help tooltip names the picked model whole.
+        picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY,
+                              help=f"Picked: `{labels[st.session_state[PICK_KEY]]}`")
         picked_choice = next(choice for choice in choices if choice.target == picked)
         if not current.remote:
             if st.session_state.get(QUANT_KEY) not in QUANT_LABELS:

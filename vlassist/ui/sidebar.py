@@ -71,7 +71,7 @@ def render_conversation_list(store: OwnerStore) -> None:
         for item in conversations:
             st.button(f"{escape_markdown(item.title)}  ·  {_when(item.updated_at)}", key=f"open_{item.id}",
                       on_click=_open, args=(item.id,), type="primary" if item.id == current else "secondary",
-                      width="stretch")
+                      width="stretch", help=escape_markdown(item.title))  # the whole title, where cut
 
 
 def _rename(store: OwnerStore, conversation_id: int) -> None:
