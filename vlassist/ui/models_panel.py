@@ -23,6 +23,7 @@ from vlassist.service.models import (
     same_model,
     with_adapter,
 )
+from vlassist.ui.verbatim import escape_markdown
 
 POLL_S = 0.25  # how often a waiting page looks at the load's progress
 LISTING_TTL_S = 15  # the models folder and the server's model list are looked at again after this long
@@ -42,7 +43,9 @@ STAGES = {
 }
 # A dropdown's options wrap instead of being clipped, so a long checkpoint name can be read whole when picking.
 _OPTION_STYLE = """<style>
-[role="listbox"] [role="option"] > div { white-space: normal; overflow-wrap: anywhere; overflow: visible; }
+[role="listbox"] [role="option"] { height: auto; min-height: 2.5rem; }
+[role="listbox"] [role="option"] > div {
+  height: auto; white-space: normal; overflow-wrap: anywhere; overflow: visible; }
 </style>"""
 _ORDER = {stage: i for i, stage in enumerate(("wait", "unload", "start", "read", "weights", "device", "warmup",
                                               "ready"))}  # a load's stages in the order they come
@@ -247,7 +250,7 @@ def render(slot: ModelSlot, settings: Settings, owner: str) -> None:
         st.html(_OPTION_STYLE)
         # The closed box shows one line and cuts a long name: its help tooltip names the picked model whole.
         picked = st.selectbox(f"Models {where}", targets, format_func=labels.get, key=PICK_KEY,
-                              help=f"Picked: `{labels[st.session_state[PICK_KEY]]}`")
+                              help=f"Picked: {escape_markdown(labels[st.session_state[PICK_KEY]])}")
         picked_choice = next(choice for choice in choices if choice.target == picked)
         if not current.remote:
             if st.session_state.get(QUANT_KEY) not in QUANT_LABELS:
