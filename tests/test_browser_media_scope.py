@@ -29,7 +29,8 @@ def _get(url: str, path: str, user: str) -> int:
 
 
 def test_another_user_cannot_fetch_a_thumbnail_by_its_media_url(browser, tiny_qwen25, tmp_path):
-    """Ann's thumbnail URL answers Ann (200) and not Bob (404), while Ann's tab shows it."""
+    """Ann's thumbnail URL, and her full-size image's, answer Ann (200) and not Bob (404), while Ann's tab shows
+    them."""
     history = History.open(tmp_path)
     store = history.for_owner("ann")
     cid = store.create_conversation("Ann's receipt")
@@ -51,6 +52,10 @@ def test_another_user_cannot_fetch_a_thumbnail_by_its_media_url(browser, tiny_qw
         assert "/media/" in path
         assert _get(url, path, "ann") == 200
         assert _get(url, path, "bob") == 404
+        full = "/" + tab.locator(USER).get_by_role("link", name="Full size").get_attribute("href").lstrip("/")
+        assert "/media/" in full and full != path
+        assert _get(url, full, "ann") == 200
+        assert _get(url, full, "bob") == 404
     finally:
         context.close()
         stop(proc, log)
