@@ -151,7 +151,7 @@ def test_picking_a_chat_on_a_narrow_screen_closes_the_sidebar(browser, app):
         tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="true"]', state="attached")
         assert _uncovered(tab)
         tab.locator(TEXTAREA).click(timeout=10_000)
-        _pick(tab, '.st-key-history_list button:has-text("Narrow screen question")', "Narrow screen question",
+        _pick(tab, '.st-key-history_list button:visible:has-text("Narrow screen question")', "Narrow screen question",
               app[2] / "sidebar-open-narrow.png")
         tab.wait_for_selector(f'{SIDEBAR}[data-collapsed="true"]', state="attached")
         tab.screenshot(path=str(app[2] / "after-pick-narrow.png"))

@@ -86,7 +86,7 @@ def test_question_answer_title_and_sidebar_show_the_stored_text(tab, app):
     assert tab.locator(USER).locator(".vl-question").all_inner_texts() == TRICKY
     assert tab.locator(ASSISTANT).locator('[data-testid="stCode"] code').all_inner_texts() == TRICKY
     for conversation, text in titled.items():
-        entry = tab.locator(f"{SIDEBAR} .st-key-open_{conversation} button")
+        entry = tab.locator(f"{SIDEBAR} .st-key-open_{conversation} button:visible")  # not the tooltip's hidden copy
         assert entry.inner_text().split("  ·  ")[0] == text
         entry.click()
         tab.wait_for_function("t => document.querySelector('.vl-title')?.innerText === t", arg=text)
