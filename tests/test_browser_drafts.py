@@ -27,6 +27,13 @@ def box_holds(page, text: str) -> None:
     page.wait_for_function("([sel, text]) => document.querySelector(sel)?.value === text", arg=[TEXTAREA, text])
 
 
+def new_conversation(page) -> None:
+    """Open a new conversation and wait until the page shows it (the previous one's messages are gone)."""
+    page.locator(NEW).click()
+    # The old messages stay on screen (faded) until the rerun ends: counting them would count the old chat.
+    page.wait_for_function("sel => document.querySelectorAll(sel).length === 0", arg=ASSISTANT)
+
+
 def open_conversation(page, title: str) -> None:
     """Open a conversation from the sidebar's history by its title."""
     page.locator('[data-testid="stSidebar"] button', has_text=title).first.click()
@@ -39,7 +46,7 @@ def test_unsent_text_stays_with_its_conversation(page, server):
     draft = "half-typed question for conversation one"
     page.locator(TEXTAREA).fill(draft)
     page.wait_for_timeout(400)  # the draft is kept a moment after typing, like a real user pausing
-    page.locator(NEW).click()
+    new_conversation(page)
     box_holds(page, "")
     ask_plain(page, "Draft text conversation two")
     box_holds(page, "")
@@ -59,7 +66,7 @@ def test_attached_files_stay_with_their_conversation(page, server):
     attach(page, ("waiting.png", image_bytes((90, 120)), "image/png"))
     tile = page.locator(AREA).locator('[data-testid="stCaptionContainer"]', has_text="waiting.png")
     tile.get_by_text("visual tokens").wait_for()
-    page.locator(NEW).click()
+    new_conversation(page)
     tile.wait_for(state="detached")
     ask_plain(page, "Draft files conversation two")
     two = stored_answer(server[1], "Draft files conversation two")
