@@ -25,13 +25,21 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is not installed"),
 ]
 
-PASTE = """(el, b64) => {
+PASTE = """(el, [b64, name]) => {
   const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
   const data = new DataTransfer();
-  data.items.add(new File([bytes], 'clipboard.png', {type: 'image/png'}));
+  data.items.add(new File([bytes], name, {type: 'image/png'}));
   el.focus();
   el.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
 }"""
+TRAY_CAPTION = '.st-key-attach_area [data-testid="stCaptionContainer"]'
+
+
+def paste(tab, png: bytes, name: str = "clipboard.png", shown: str | None = None) -> None:
+    """Paste a PNG into the chat box as Ctrl+V does; wait until the attach tray shows it (as `shown`) with its
+    sizes, as the user sees before Send."""
+    tab.locator(TEXTAREA).evaluate(PASTE, [base64.b64encode(png).decode(), name])
+    tab.locator(TRAY_CAPTION, has_text=shown or name).get_by_text("visual tokens").wait_for()
 
 
 def free_port() -> int:
@@ -117,7 +125,6 @@ def set_length(tab, tokens: str) -> None:
 
 
 def send(page, question: str) -> None:
-    page.wait_for_selector('[data-testid="stFileChip"]')
     page.locator(TEXTAREA).fill(question)
     press_send(page)
 
@@ -141,7 +148,7 @@ def stored_answer(data, title: str):
 def test_pasted_image_gets_a_streamed_answer_that_is_in_the_sidebar_after_reload(page, server, tmp_path):
     """Paste an image, ask, watch the answer stream, reload, and reopen it from the sidebar with its image."""
     title = "Describe the chosen file"
-    page.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 120), (20, 120, 220))).decode())
+    paste(page, image_bytes((90, 120), (20, 120, 220)))
     send(page, title)
     answer = page.locator(ASSISTANT).last.locator('[data-testid="stMarkdownContainer"]').first
     answer.wait_for()
@@ -200,7 +207,7 @@ def test_conversation_survives_a_server_restart(browser, tiny_qwen25, tmp_path):
     proc, url, log = serve(tiny_qwen25, tmp_path)
     try:
         context, tab = open_tab(browser, url)
-        tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((100, 70), (200, 90, 10))).decode())
+        paste(tab, image_bytes((100, 70), (200, 90, 10)))
         send(tab, title)
         tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for()
         context.close()

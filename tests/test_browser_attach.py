@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-
 import test_browser
 from conftest import image_bytes
 from test_attach import make_pdf, rendered_size
-from test_browser import ASSISTANT, PASTE, TEXTAREA, send, stored_answer
+from test_browser import ASSISTANT, TEXTAREA, paste, send, stored_answer
 
 pytestmark = test_browser.pytestmark
 server, page = test_browser.server, test_browser.page  # its fixtures, reused
@@ -67,12 +65,12 @@ def test_pdf_pages_show_with_sizes_and_are_asked_about(page, server):
     assert pages.count() == 3
     for n, width in enumerate((200, 300, 400)):
         assert f"{rendered_size(width)}×{rendered_size(300)} PDF page" in pages.nth(n).inner_text()
-    page.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((80, 60), (10, 200, 90))).decode())
+    paste(page, image_bytes((80, 60), (10, 200, 90)))
     send(page, title)
     page.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for()
     assert page.locator(AREA).locator('[data-testid="stCaptionContainer"]').count() == 0  # the area is empty
     question = stored_answer(server[1], title).messages[0]
-    assert [ref.name for ref in question.images] == [
-        "report.pdf p1.png", "report.pdf p2.png", "report.pdf p3.png", "clipboard.png"]
+    assert [ref.name for ref in question.images] == [  # in the tray's order: images, then PDF pages
+        "clipboard.png", "report.pdf p1.png", "report.pdf p2.png", "report.pdf p3.png"]
     sizes = [(rendered_size(w), rendered_size(300)) for w in (200, 300, 400)]
-    assert [ref.size for ref in question.images][:3] == sizes
+    assert [ref.size for ref in question.images][1:] == sizes

@@ -6,13 +6,12 @@ Answers are forced to their full length (VLASSIST_MIN_ANSWER_TOKENS) so a few tu
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 
 import pytest
 from PIL import Image
-from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, USER, open_tab, press_send, serve, stop
+from test_browser import ASSISTANT, CHROMIUM, TEXTAREA, USER, open_tab, paste, press_send, serve, stop
 from test_browser_live import FINISHED, ask, set_length
 
 pytestmark = [
@@ -82,8 +81,7 @@ def test_bubble_says_thinking_from_send_until_the_first_token(browser, server):
     """After Send the answer's bubble is on screen saying "Thinking…" with no text; the first tokens replace it."""
     context, tab = open_tab(browser, server[0])
     set_length(tab, "128")
-    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(big_png((30, 140, 90))).decode())
-    tab.wait_for_selector('[data-testid="stFileChip"]')
+    paste(tab, big_png((30, 140, 90)))
     tab.locator(TEXTAREA).fill("What does this panel show?")
     press_send(tab)
     tab.wait_for_function(

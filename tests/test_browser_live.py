@@ -6,7 +6,6 @@ long (VLASSIST_MIN_ANSWER_TOKENS and the answer-length setting) so there is alwa
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import signal
@@ -17,11 +16,12 @@ from conftest import image_bytes
 from test_browser import (  # noqa: F401  (set_length is shared from here too)
     ASSISTANT,
     CHROMIUM,
-    PASTE,
     TEXTAREA,
+    TRAY_CAPTION,
     USER,
     open_from_sidebar,
     open_tab,
+    paste,
     press_send,
     send,
     serve,
@@ -59,8 +59,7 @@ def server(tiny_qwen25, tmp_path_factory):
 def ask(tab, question: str, image: bool = True) -> None:
     """Type (and, with `image`, paste a picture into) the chat box and send."""
     if image:
-        tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 60))).decode())
-        tab.wait_for_selector('[data-testid="stFileChip"]')
+        paste(tab, image_bytes((90, 60)))
     tab.locator(TEXTAREA).fill(question)
     press_send(tab)
 
@@ -140,6 +139,7 @@ def test_a_chosen_file_answer_stopped_mid_answer_is_kept_with_its_image(browser,
     with tab.expect_file_chooser() as chooser:
         tab.locator('[data-testid="stChatInputFileUploadButton"] button').click()
     chooser.value.set_files(str(picture))
+    tab.locator(TRAY_CAPTION, has_text="chosen.png").get_by_text("visual tokens").wait_for()  # shown before Send
     send(tab, title)
     wait_streaming(tab)
     tab.locator(ASSISTANT).last.get_by_role("button", name="Stop").click()

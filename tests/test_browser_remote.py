@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 
 import pytest
 from api_support import start_serve, stop_serve
 from conftest import image_bytes
-from test_browser import ASSISTANT, CHROMIUM, PASTE, TEXTAREA, open_tab, press_send, serve, stop
+from test_browser import ASSISTANT, CHROMIUM, open_tab, paste, press_send, serve, stop
 from test_browser_live import STOPPED, ask, conversation, set_length, wait_streaming
 
 from vlassist.answers.parsing import parse_boxes
@@ -70,8 +69,7 @@ def test_json_view_on_a_remote_server_shows_the_constrained_fields(browser, remo
     tab.locator('input[aria-label^="Fields"]').fill("total:number, paid:boolean")
     tab.locator('input[aria-label^="Fields"]').press("Enter")
     tab.get_by_text("valid against this schema").wait_for()
-    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 60))).decode())
-    tab.wait_for_selector('[data-testid="stFileChip"]')
+    paste(tab, image_bytes((90, 60)))
     press_send(tab)  # the preset's prompt as filled in
     tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for(timeout=180_000)
     answer = tab.locator(ASSISTANT).last
@@ -90,8 +88,7 @@ def test_boxes_view_on_a_remote_server_draws_the_listed_boxes(browser, remote_js
     context, tab = open_tab(browser, remote_json_page[0])
     tab.locator('.st-key-presets button:visible', has_text="Find objects").click()
     tab.get_by_text("Strict box list").wait_for()
-    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((200, 150), (255, 255, 255))).decode())
-    tab.wait_for_selector('[data-testid="stFileChip"]')
+    paste(tab, image_bytes((200, 150), (255, 255, 255)))
     press_send(tab)
     tab.locator(ASSISTANT).last.get_by_text("tokens/s").wait_for(timeout=180_000)
     [stored] = [m for m in conversation(remote_json_page[1], "Find objects · clipboard.png").messages

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import os
 
 import pytest
 from conftest import image_bytes
-from test_browser import CHROMIUM, PASTE, TEXTAREA, USER, press_send, serve, stop
+from test_browser import CHROMIUM, TEXTAREA, USER, paste, press_send, serve, stop
 from test_browser_models import open_model_section
 
 from vlassist.store.history import History
@@ -95,8 +94,7 @@ def test_a_long_title_is_one_left_aligned_line_cut_with_an_ellipsis_and_its_tool
 def test_a_question_image_is_a_thumbnail_whose_link_opens_it_full_size(tab):
     """A question's image is shown smaller than it is; its "Full size" link opens the stored image at its
     original size."""
-    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes(BIG)).decode())
-    tab.wait_for_selector('[data-testid="stFileChip"]')
+    paste(tab, image_bytes(BIG))
     tab.locator(TEXTAREA).fill("What is in this big picture")
     press_send(tab)
     message = tab.locator(USER, has_text="What is in this big picture")

@@ -6,14 +6,13 @@ person to look at.
 
 from __future__ import annotations
 
-import base64
 import re
 
 import pytest
 import test_browser
 from conftest import image_bytes
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from test_browser import ASSISTANT, PASTE, TEXTAREA, press_send, serve, stop
+from test_browser import ASSISTANT, TEXTAREA, paste, press_send, serve, stop
 
 pytestmark = test_browser.pytestmark
 
@@ -48,8 +47,7 @@ def _tab(browser, url: str, width: str):
 
 
 def _ask(tab, question: str, name: str = "clipboard.png") -> None:
-    tab.locator(TEXTAREA).evaluate(PASTE, base64.b64encode(image_bytes((90, 120))).decode())
-    tab.wait_for_selector('[data-testid="stFileChip"]')
+    paste(tab, image_bytes((90, 120)))
     if question:
         tab.locator(TEXTAREA).fill(question)
     press_send(tab)

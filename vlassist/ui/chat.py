@@ -18,7 +18,7 @@ from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.service.models import answer_model
 from vlassist.store.history import ImageRef, NewImage, OwnerStore, StoredConversation, StoredMessage
-from vlassist.ui import attach, live, question_images, tasks, text_drafts, verbatim
+from vlassist.ui import attach, live, paste_drop, question_images, tasks, text_drafts, verbatim
 from vlassist.ui.results import guess_view, render_view
 
 CHAT_KEY = tasks.CHAT_KEY
@@ -235,6 +235,7 @@ def render_conversation(conversation: StoredConversation | None, store: OwnerSto
 def chat_input():
     """The chat box: text plus any number of images or PDFs, from the file picker, drag and drop, or a paste."""
     text_drafts.keep_drafts()  # unsent text stays with its conversation
+    paste_drop.route_files_to_tray()  # pasted, dropped and chosen files show their sizes before Send
     return st.chat_input("Ask about your images — paste a screenshot with Ctrl+V, or drop or attach files",
                          key=CHAT_KEY, accept_file="multiple", file_type=attach.FILE_TYPES)
 
