@@ -155,3 +155,15 @@ def test_a_file_chosen_with_the_chat_box_button_lands_in_the_tray(tab, tmp_path)
         tab.locator('[data-testid="stChatInputFileUploadButton"] button').click()
     chooser.value.set_files(str(picture))
     tile(tab, "chosen.png")
+
+
+def test_a_dropped_file_of_another_kind_is_refused_by_name_and_the_typed_question_stays(tab):
+    """A text file dropped on the chat box is not attached: the page says it cannot take that kind of file, naming
+    it, and the question typed so far stays in the box."""
+    tab.locator(TEXTAREA).fill("Read this invoice")
+    notes = base64.b64encode(b"just some notes\n").decode()
+    tab.locator(TEXTAREA).evaluate(DROP, [(notes, "notes.txt", "text/plain")])
+    tab.locator(AREA).get_by_text("notes.txt").first.wait_for()
+    assert tab.locator(AREA).get_by_text(re.compile("not allowed|not supported", re.I)).count() >= 1
+    assert tab.locator(TRAY_CAPTION).count() == 0
+    assert tab.locator(TEXTAREA).input_value() == "Read this invoice"
