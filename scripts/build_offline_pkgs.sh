@@ -88,6 +88,11 @@ fi
 mkdir -p "$dest"
 echo "Downloading wheels ($variant torch, Python $pyver, Linux x86-64) into $dest/ ..."
 "$PY" -m pip download --disable-pip-version-check --quiet --dest "$dest" "${target[@]}" "${extra[@]}" "${reqs[@]}"
+# Test clients whose own pins conflict with ours are installed without them (tests/requirements-nodeps.txt).
+if [ "$tests" = 1 ]; then
+  "$PY" -m pip download --disable-pip-version-check --quiet --no-deps --dest "$dest" "${target[@]}" \
+    -r tests/requirements-nodeps.txt
+fi
 
 # The torch wheel must be the build asked for: a local +cpu wheel must not stand in for the CUDA one.
 torch_whl=$(ls "$dest"/torch-*.whl 2>/dev/null | sort | tail -n1 || true)

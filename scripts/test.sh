@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh -r tests/requirements.txt
+# Clients whose own pins conflict with ours (tests/requirements-nodeps.txt says why): without their dependencies.
+nodeps=(.venv/bin/python -m pip install --disable-pip-version-check --quiet --no-deps)
+compgen -G "offline_pkgs/*.whl" >/dev/null && nodeps+=(--no-index --find-links offline_pkgs)
+"${nodeps[@]}" -r tests/requirements-nodeps.txt
 # Browser and proxy tests use Debian's chromium and nginx; install them where we may.
 need=()
 command -v chromium >/dev/null || need+=(chromium chromium-driver)

@@ -13,6 +13,7 @@ import jsonschema
 import openai
 import pytest
 from api_support import API_KEY, data_url, start_serve, stop_serve
+from pydantic import BaseModel
 
 from vlassist.api.toolcalls import ToolCallSplitter
 
@@ -27,6 +28,13 @@ TIME = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}},
                                        "required": ["zone"]}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+class Invoice(BaseModel):
+    """The structured answer the client-library tests ask for."""
+
+    number: str
+    total: float
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
@@ -158,11 +166,6 @@ def test_langchain_bind_tools_with_a_forced_tool_returns_its_call(server):
 def test_langchain_with_structured_output_parses_for_every_method(server, method):
     """langchain-openai with_structured_output returns a parsed result (not None) for each of its methods."""
     from langchain_openai import ChatOpenAI
-    from pydantic import BaseModel
-
-    class Invoice(BaseModel):
-        number: str
-        total: float
 
     llm = ChatOpenAI(base_url=f"{server}/v1", api_key=API_KEY, model="any", max_tokens=200, max_retries=0)
     if method == "json_mode":  # any JSON object: a dict schema, parsed without validation
@@ -188,18 +191,27 @@ def test_litellm_gets_the_forced_tool_call(server):
 
 def test_pydantic_ai_default_structured_output(server):
     """pydantic-ai's default (tool) output mode gets a validated output object back."""
-    from pydantic import BaseModel
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIChatModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
-    class Invoice(BaseModel):
-        number: str
-        total: float
-
     model = OpenAIChatModel("any", provider=OpenAIProvider(base_url=f"{server}/v1", api_key=API_KEY))
     agent = Agent(model, output_type=Invoice, model_settings={"max_tokens": 200})
     assert isinstance(agent.run_sync("Invoice INV-7, total 12.50").output, Invoice)
+
+
+@pytest.mark.parametrize("mode", ["default", "JSON_SCHEMA"])
+def test_instructor_returns_a_validated_model_in_its_default_and_json_schema_modes(server, mode):
+    """instructor, in its default mode (tool calls) and its JSON-schema mode, gets a validated response_model back
+    with no retry: the server forces the named call or the schema."""
+    import instructor
+
+    raw = openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    client = instructor.from_openai(raw, **({} if mode == "default" else {"mode": instructor.Mode[mode]}))
+    assert client.mode is instructor.Mode[{"default": "TOOLS"}.get(mode, mode)]
+    result = client.chat.completions.create(model="any", response_model=Invoice, max_retries=0, max_tokens=200,
+                                            messages=[{"role": "user", "content": "Invoice INV-7, total 12.50"}])
+    assert isinstance(result, Invoice)
 
 
 # --- the splitter, without a server --------------------------------------------------------------------------------
@@ -248,7 +260,8 @@ def test_one_call_only_when_parallel_calls_are_off():
 README_ADDRESS = "http://127.0.0.1:8000/v1"
 
 
-@pytest.mark.parametrize("marker", ["import openai", "from langchain_openai", "import litellm", "from pydantic_ai"])
+@pytest.mark.parametrize("marker", ["client = openai.OpenAI(", "from langchain_openai", "import litellm",
+                                    "from pydantic_ai", "import instructor"])
 def test_the_readme_client_snippets_run_as_printed(server, marker, capsys):
     """Each client library's README snippet runs against the server (only its address and key changed)."""
     from test_readme_api import readme_block
