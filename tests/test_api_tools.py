@@ -94,6 +94,22 @@ def test_streamed_tool_calls_arrive_as_deltas(client):
         (0, whole.function.name, whole.function.arguments)]
 
 
+def test_tool_choice_auto_shows_the_model_its_tools_and_leaves_the_choice_to_it(client):
+    """tool_choice "auto": the tools are in the prompt (more prompt tokens than without them), and the reply is
+    either text (stop/length, no calls) or calls valid for their tools (finish_reason tool_calls)."""
+    plain = client.chat.completions.create(model="any", messages=ASK, max_tokens=8)
+    reply = client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER, TIME], tool_choice="auto",
+                                           max_tokens=8)
+    assert reply.usage.prompt_tokens > plain.usage.prompt_tokens + 50
+    choice = reply.choices[0]
+    if choice.message.tool_calls:
+        assert choice.finish_reason == "tool_calls"
+        for call in choice.message.tool_calls:
+            _check_call(call, {"get_weather": WEATHER, "get_time": TIME}[call.function.name])
+    else:
+        assert choice.finish_reason in ("stop", "length") and choice.message.content is not None
+
+
 def test_tool_choice_none_never_returns_calls(client):
     """tool_choice "none" with tools: a text answer, no tool_calls."""
     reply = client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER], tool_choice="none",
