@@ -70,6 +70,15 @@ def test_a_recursive_glob_through_a_link_loop_ends_with_one_row_per_file(odd_fol
     assert list(rows) == ["good.png"]
 
 
+def test_a_recursive_glob_of_everything_through_a_link_loop_gives_each_entry_once(odd_folder):
+    """`**/*` over a folder holding a link back to its parent: one row per entry (the loop's link reported once),
+    not the same entries again at every depth the link allows."""
+    refused: dict = {}
+    sources = [Path(path).relative_to(odd_folder).as_posix() for path in expand([str(odd_folder / "**" / "*")],
+                                                                                  refused)]
+    assert sorted(sources) == ["good.png", "pipe.png", "self.png", "sub/up", "zero.png"]
+
+
 PLAN_AS_USER = """
 import json, sys
 from vlassist.batch.inputs import expand, plan_items

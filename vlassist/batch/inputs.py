@@ -71,7 +71,10 @@ def expand(inputs: list[str], refused: dict[Path, str] | None = None) -> list[Pa
                 raise VlassistError(f"{raw}: the pattern cannot be expanded ({exc})") from None
             if not matches:
                 raise VlassistError(f"{raw}: no such file or folder, and no file matches it as a pattern")
+            fixed = _fixed_prefix(path)
             for match in map(Path, matches):
+                if _through_a_link(match, fixed):
+                    continue  # `**` followed a link to a folder: what lies behind it is listed where it really is
                 if match.is_symlink() and match.is_dir():
                     found.append(match)  # a link to a folder (perhaps a loop): a row that says it was skipped
                 elif match.is_dir():
@@ -90,6 +93,27 @@ def expand(inputs: list[str], refused: dict[Path, str] | None = None) -> list[Pa
     if not unique:
         raise VlassistError("no images or PDFs found in the inputs")
     return list(unique.values())
+
+
+def _fixed_prefix(pattern: Path) -> Path:
+    """The part of a glob pattern before its first wildcard."""
+    parts = pattern.parts
+    for i, part in enumerate(parts):
+        if glob.has_magic(part):
+            return Path(*parts[:i]) if i else Path()
+    return pattern
+
+
+def _through_a_link(match: Path, fixed: Path) -> bool:
+    """Whether a glob match lies under a link to a folder that the wildcards stepped through (a link loop repeats
+    everything behind it at every depth, up to the system's path limit)."""
+    parent = match.parent
+    depth = len(fixed.parts)
+    while len(parent.parts) > depth:
+        if parent.is_symlink():
+            return True
+        parent = parent.parent
+    return False
 
 
 def _supported(path: Path) -> bool:
