@@ -116,6 +116,43 @@ def test_visual_tokens_follow_the_settings(app_env):
     assert len(before) == len(after) == 1 and before != after
 
 
+def test_an_attached_image_is_kept_only_at_its_model_input_size(app_env):
+    """A large attached image stays in the session at the size the model sees, not its original pixels; its
+    caption still gives the original size."""
+    at = start_app()
+    at.toggle(key="opt_low_res").set_value(True).run()
+    at = attach_files(at, ("big.png", image_bytes((1800, 1400)), "image/png"))
+    [caption] = [c for c in captions(at) if c.startswith("big.png")]
+    assert "1800×1400 PNG" in caption
+    [item] = at.session_state[attach.TRAY_KEY]
+    assert item.image.loaded.size == (1800, 1400)
+    assert f"model sees {item.image.loaded.image.width}×{item.image.loaded.image.height}" in caption
+    assert item.image.loaded.image.width * item.image.loaded.image.height < 1800 * 1400 / 4
+
+
+@pytest.fixture
+def bare_tray():
+    """The attach tray outside a page run (Streamlit's bare mode), emptied afterwards."""
+    import streamlit as st
+
+    yield
+    st.session_state.pop(attach.TRAY_KEY, None)
+
+
+def test_an_image_kept_small_is_decoded_again_when_more_detail_is_asked(bare_tray):
+    """Attached under a small fit, then sent under a larger one: the image sent is decoded again from its file at
+    the new size (never an enlarged copy of the small one); under the same fit it is sent as kept."""
+    data = image_bytes((1200, 900))
+    item = attach.open_file("shot.png", data, fit=lambda size: (120, 90))
+    attach.add(item)
+    assert item.image.loaded.image.size == (120, 90)
+    [same] = attach.images(lambda size: (120, 90))
+    assert same.loaded.image.size == (120, 90)
+    [sharper] = attach.images(lambda size: (600, 450))
+    assert sharper.loaded.image.size == (600, 450) and sharper.loaded.size == (1200, 900)
+    assert sharper.data == data and sharper.name == "shot.png"
+
+
 def test_damaged_file_is_refused_at_once(app_env):
     """A file that is not an image is refused when dropped, naming it; it is not attached and nothing is stored."""
     at = attach_files(start_app(), ("notes.png", b"not an image", "image/png"),

@@ -10,6 +10,7 @@ import uvicorn
 from vlassist.backends import load_answerer
 from vlassist.checkpoint import model_id
 from vlassist.config import Settings
+from vlassist.heap import return_large_blocks
 from vlassist.images import set_decode_budget
 from vlassist.service.answering import AnswerService
 from vlassist.service.limits import context_admission, options_admission
@@ -38,6 +39,7 @@ class _StoppingServer(uvicorn.Server):
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, answerer=None) -> int:
     """Serve until interrupted (`answerer`, else the one settings name); requests share one service, as the page's."""
     set_decode_budget(int(settings.max_decode_megapixels * 1_000_000))
+    return_large_blocks()  # decoded images go back to the system when their request ends
     answerer = answerer if answerer is not None else load_answerer(settings)
     info = answerer.info
     # The same refusals as the page's (too long a question or prompt), before a request waits in the queue.

@@ -18,7 +18,7 @@ import streamlit as st
 from vlassist import pdf
 from vlassist.conversation import GenerationOptions
 from vlassist.errors import ImageError, VlassistError
-from vlassist.images import LoadedImage, load_image
+from vlassist.images import Fit, LoadedImage, decode_for, load_image
 from vlassist.store.records import NewImage, make_thumbnail
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"]
@@ -51,11 +51,21 @@ class Attachment:
         return self.image is None
 
 
-def open_file(name: str, data: bytes) -> Attachment:
-    """An attachment from a file's bytes: the image decoded, or the PDF opened and its pages counted (ImageError)."""
+def fitting(engine, options: GenerationOptions) -> Fit:
+    """What the current settings make of an image: its model-input size for its original (width, height)."""
+    return lambda size: engine.plan(size, options).input_size
+
+
+def open_file(name: str, data: bytes, fit: Fit | None = None) -> Attachment:
+    """An attachment from a file's bytes: the image decoded, or the PDF opened and its pages counted (ImageError).
+
+    With `fit`, the image is kept only at its model-input size (its original size is still reported): a small file
+    of a huge, plain image must not hold hundreds of MB in a session until it closes.
+    """
     key = hashlib.sha256(data).hexdigest()[:16]
     if not pdf.is_pdf(name, data[:5]):
-        loaded = load_image(data, name)
+        with decode_for(fit):
+            loaded = load_image(data, name)
         return Attachment(key, name, data, image=NewImage(data, loaded, name), thumb=_preview(loaded))
     try:
         count = pdf.page_count(data)
@@ -96,9 +106,17 @@ def default_pages(count: int) -> str:
     return pdf.format_pages(list(range(1, min(count, MAX_PAGES) + 1)))
 
 
-def images() -> list[NewImage]:
-    """Every attached image in the order shown (images, then PDF pages); VlassistError if a PDF cannot be sent."""
+def images(fit: Fit | None = None) -> list[NewImage]:
+    """Every attached image in the order shown (images, then PDF pages); VlassistError if a PDF cannot be sent.
+
+    An image kept at a smaller size than `fit` now asks for (the detail was raised after it was attached) is
+    decoded again from its file, so the model never gets an enlarged copy.
+    """
     tray = _tray()
+    for item in tray:
+        if item.image is not None and fit is not None and _smaller_than(item.image.loaded, fit):
+            with decode_for(fit):
+                item.image = NewImage(item.data, load_image(item.data, item.name), item.name)
     out = [item.image for item in tray if not item.is_pdf]
     for item in (i for i in tray if i.is_pdf):
         try:
@@ -167,7 +185,7 @@ def render(engine, options: GenerationOptions) -> None:
             _render_pdf(item, engine, options)
         key = f"attach_{st.session_state.get(GENERATION_KEY, 0)}"
         st.file_uploader("Attach images or PDFs", type=FILE_TYPES, accept_multiple_files=True, key=key,
-                         on_change=_take_uploads, args=(key,),
+                         on_change=_take_uploads, args=(key, fitting(engine, options)),
                          help="Each file is shown here with the size the model sees it at; all go with your next "
                               f"question. A PDF is sent as its pages (at most {MAX_PAGES}).")
         for problem in st.session_state.pop(PROBLEMS_KEY, []):
@@ -220,6 +238,11 @@ def _caption(new: NewImage, fmt: str, engine, options: GenerationOptions) -> str
             f"{sizing.visual_tokens} visual tokens")
 
 
+def _smaller_than(loaded: LoadedImage, fit: Fit) -> bool:
+    want = fit(loaded.size)
+    return loaded.image.width < want[0] or loaded.image.height < want[1]
+
+
 def _preview(loaded: LoadedImage) -> bytes:
     return make_thumbnail(loaded.image, PREVIEW_SIDE)
 
@@ -240,12 +263,12 @@ def _pages_key(item: Attachment) -> str:
     return f"pages_{item.key}"
 
 
-def _take_uploads(key: str) -> None:
+def _take_uploads(key: str, fit: Fit) -> None:
     """Move the uploader's files into the tray, refusing bad ones, and replace the uploader by an empty one."""
     problems = []
     for upload in st.session_state.get(key) or []:
         try:
-            add(open_file(upload.name, upload.getvalue()))
+            add(open_file(upload.name, upload.getvalue(), fit))
         except ImageError as exc:
             problems.append(str(exc))
     st.session_state[PROBLEMS_KEY] = problems

@@ -242,7 +242,7 @@ def chat_input():
 
 # ---- asking ----
 
-def read_attachments(files) -> tuple[list[NewImage], list[str]]:
+def read_attachments(files, fit=None) -> tuple[list[NewImage], list[str]]:
     """Decode the chat box's files: the usable images (a PDF's pages) and one message per file that is not.
 
     A PDF longer than the page limit is not sent whole: it goes to the attach area, where its pages are picked.
@@ -250,7 +250,7 @@ def read_attachments(files) -> tuple[list[NewImage], list[str]]:
     images, problems = [], []
     for upload in files:
         try:
-            item = attach.open_file(attach.pasted_name(upload.name), upload.getvalue())
+            item = attach.open_file(attach.pasted_name(upload.name), upload.getvalue(), fit)
             if item.image:
                 images.append(item.image)
             elif item.pages > attach.MAX_PAGES:
@@ -274,12 +274,13 @@ def _refuse(message: str, text: str, images: list[NewImage]) -> None:
 def ask(submission, engine, service: AnswerService, store: OwnerStore, options: GenerationOptions) -> None:
     """Queue the user's question (text, attachments, the chosen preset) and rerun to show it waiting or streaming."""
     text = (submission.text or "").strip()
-    boxed, problems = read_attachments(submission.files or [])  # the chat box's own files (a paste, a drop)
+    fit = attach.fitting(engine, options)  # images are kept at their model-input size only
+    boxed, problems = read_attachments(submission.files or [], fit)  # the chat box's own files (a paste, a drop)
     if problems:
         _refuse("Not sent — " + "; ".join(problems) + ". Your question is back in the box and the usable files "
                 "wait above it; send again.", text, boxed)
     try:
-        images = attach.images() + boxed
+        images = attach.images(fit) + boxed
     except VlassistError as exc:
         _refuse(f"Not sent — {exc}", text, boxed)
     preset = st.session_state.get(tasks.PRESET_KEY)

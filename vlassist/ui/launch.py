@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run `streamlit run qwen_vl_app.py` with the given extra options, lookups disabled and the CSP sent."""
     from streamlit.web import cli
 
+    from vlassist.heap import return_large_blocks
     from vlassist.ui import readiness
 
+    return_large_blocks()  # a session's decoded images leave with it, not into a heap that keeps them
     keep_local()
     send_csp()
     readiness.install_route()  # GET /_vlassist/ready; the model starts loading with the server
