@@ -284,8 +284,9 @@ def browser_session(page, url: str, question: str, image: Path | None, timeout_m
     box.wait_for(timeout=timeout_ms)
     if image is not None:
         page.locator("[data-testid='stChatInput'] input[type='file']").set_input_files(str(image))
-        # The attachment chip (with the file name) shows once the upload has reached the server.
-        page.get_by_test_id("stChatInput").get_by_text(image.name).first.wait_for(timeout=60_000)
+        # The file goes to the attach area, which shows it with its sizes once the server has it.
+        page.locator(".st-key-attach_area [data-testid='stCaptionContainer']", has_text=image.name) \
+            .get_by_text("visual tokens").wait_for(timeout=60_000)
     box.fill(question)
     # Send with the button once it is enabled (it is not while an attachment is still uploading).
     submit = page.get_by_test_id("stChatInputSubmitButton")
