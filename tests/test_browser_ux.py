@@ -84,6 +84,21 @@ def test_preset_labels_are_whole_and_clickable(browser, app, width):
         context.close()
 
 
+def test_choosing_find_objects_logs_no_streamlit_warning(browser, app):
+    """Picking "Find objects" (which shows its Strict box list option) and sending with it writes no Streamlit
+    warning about widget values into the server's log."""
+    context, tab = _tab(browser, app[0], "wide")
+    try:
+        tab.locator(PRESETS, has_text="Find objects").click()
+        tab.get_by_text("Strict box list").wait_for()
+        _ask(tab, "")
+        tab.locator(ASSISTANT).first.get_by_text("tokens/s").wait_for()
+        log = (app[1] / "server.log").read_text(errors="replace")
+        assert "Session State API" not in log and "Traceback" not in log, log[-3000:]
+    finally:
+        context.close()
+
+
 def test_title_is_the_typed_question(browser, app):
     """A new conversation is titled with the words the user typed, in the sidebar and above the chat."""
     context, tab = _tab(browser, app[0], "wide")
