@@ -34,3 +34,16 @@ def test_an_image_larger_than_the_cache_is_not_kept():
     cache = conversations.decoded_cache(1 * 2**20)
     conversations.remember_decoded(load_image(_png((1000, 1000), 9)), cache)
     assert len(cache) == 0
+
+
+def test_an_image_decoded_at_its_model_input_size_is_not_kept_as_the_original():
+    """An image kept only at its model-input size is not remembered: the stored image's later views (boxes drawn
+    in original pixels, zoom crops) decode the original instead of enlarging the small copy."""
+    from vlassist.images import decode_for
+
+    cache = conversations.decoded_cache(10 * 2**20)
+    with decode_for(lambda size: (100, 100)):
+        small = load_image(_png((1000, 1000), 7))
+    assert small.original_size == (1000, 1000)
+    conversations.remember_decoded(small, cache)
+    assert len(cache) == 0

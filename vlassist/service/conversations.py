@@ -42,6 +42,8 @@ _decoded_lock = threading.Lock()
 def remember_decoded(image: LoadedImage, cache: LRUCache | None = None) -> None:
     """Keep a just-decoded image, so building the turns of its conversation does not decode it again."""
     cache = _decoded if cache is None else cache
+    if image.original_size is not None:
+        return  # kept at a model-input size only: boxes and zoom crops of the stored image need the original
     if decoded_size(image) > cache.maxsize:
         return  # larger than the whole cache: decoded again when needed
     with _decoded_lock:
