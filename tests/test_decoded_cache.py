@@ -36,14 +36,30 @@ def test_an_image_larger_than_the_cache_is_not_kept():
     assert len(cache) == 0
 
 
-def test_an_image_decoded_at_its_model_input_size_is_not_kept_as_the_original():
-    """An image kept only at its model-input size is not remembered: the stored image's later views (boxes drawn
-    in original pixels, zoom crops) decode the original instead of enlarging the small copy."""
+
+class _Store:
+    """Stands in for the history: the bytes of one stored image, counting reads."""
+
+    def __init__(self, data: bytes):
+        self.data, self.reads = data, 0
+
+    def image_data(self, sha256: str) -> bytes:
+        self.reads += 1
+        return self.data
+
+
+def test_views_that_need_the_original_never_get_a_copy_kept_at_the_model_input_size(monkeypatch):
+    """With a model-input-size copy cached (as the page keeps what it sent), the model's turns may use it, but a
+    view asking for the original (boxes, zoom crops) gets the full-resolution pixels."""
     from vlassist.images import decode_for
 
-    cache = conversations.decoded_cache(10 * 2**20)
-    with decode_for(lambda size: (100, 100)):
-        small = load_image(_png((1000, 1000), 7))
-    assert small.original_size == (1000, 1000)
-    conversations.remember_decoded(small, cache)
-    assert len(cache) == 0
+    monkeypatch.setattr(conversations, "_decoded", conversations.decoded_cache(10 * 2**20))
+    data = _png((1000, 800), 7)
+    with decode_for(lambda size: (100, 80)):
+        small = load_image(data)
+    conversations.remember_decoded(small)
+    store = _Store(data)
+    assert conversations.stored_image(store, small.sha256, "x.png").image.size == (100, 80)
+    assert store.reads == 0
+    full = conversations.stored_image(store, small.sha256, "x.png", original=True)
+    assert full.image.size == (1000, 800) and full.original_size is None and store.reads == 1

@@ -42,19 +42,21 @@ _decoded_lock = threading.Lock()
 def remember_decoded(image: LoadedImage, cache: LRUCache | None = None) -> None:
     """Keep a just-decoded image, so building the turns of its conversation does not decode it again."""
     cache = _decoded if cache is None else cache
-    if image.original_size is not None:
-        return  # kept at a model-input size only: boxes and zoom crops of the stored image need the original
     if decoded_size(image) > cache.maxsize:
         return  # larger than the whole cache: decoded again when needed
     with _decoded_lock:
         cache[image.sha256] = image
 
 
-def stored_image(store: OwnerStore, sha256: str, name: str) -> LoadedImage | None:
-    """A stored image, decoded (cached by content hash); None if it cannot be read back."""
+def stored_image(store: OwnerStore, sha256: str, name: str, original: bool = False) -> LoadedImage | None:
+    """A stored image, decoded (cached by content hash); None if it cannot be read back.
+
+    The cache may hold a copy kept at its model-input size (enough for the model's turns); `original` asks for the
+    full-resolution pixels (boxes drawn in original pixels, zoom crops), which then replace that copy.
+    """
     with _decoded_lock:
         image = _decoded.get(sha256)
-    if image is None:
+    if image is None or (original and image.original_size is not None):
         data = store.image_data(sha256)
         if data is None:
             return None

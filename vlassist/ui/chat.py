@@ -194,7 +194,7 @@ def result_images(refs: list[ImageRef], store: OwnerStore) -> list[dict]:
 
 
 def _load_stored(ref: ImageRef, store: OwnerStore) -> LoadedImage | None:
-    return conversations.stored_image(store, ref.sha256, ref.name)
+    return conversations.stored_image(store, ref.sha256, ref.name, original=True)
 
 
 def render_conversation(conversation: StoredConversation | None, store: OwnerStore, engine,
