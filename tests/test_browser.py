@@ -32,7 +32,9 @@ PASTE = """(el, [b64, name]) => {
   el.focus();
   el.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
 }"""
-TRAY_CAPTION = '.st-key-attach_area [data-testid="stCaptionContainer"]'
+TRAY = ".st-key-attach_area"  # the attach area above the chat box
+TRAY_CAPTION = f'{TRAY} [data-testid="stCaptionContainer"]'
+TRAY_INPUT = f'{TRAY} [data-testid="stFileUploader"] input[type="file"]'  # its uploader's file input
 
 
 def paste(tab, png: bytes, name: str = "clipboard.png", shown: str | None = None) -> None:
@@ -191,9 +193,9 @@ def test_users_named_by_header_see_only_their_own_history(browser, tiny_qwen25, 
         stop(proc, log)
 
 
-def open_tab(browser, url):
-    """A new browser context and tab on the app, with the chat box ready: (context, tab)."""
-    context = browser.new_context()
+def open_tab(browser, url, **context_args):
+    """A new browser context (made with `context_args`) and tab on the app, with the chat box ready: (context, tab)."""
+    context = browser.new_context(**context_args)
     tab = context.new_page()
     tab.set_default_timeout(120_000)
     tab.goto(url)

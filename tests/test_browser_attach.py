@@ -5,13 +5,13 @@ from __future__ import annotations
 import test_browser
 from conftest import image_bytes
 from test_attach import make_pdf, rendered_size
-from test_browser import ASSISTANT, TEXTAREA, paste, send, stored_answer
+from test_browser import ASSISTANT, TEXTAREA, TRAY, TRAY_INPUT, paste, send, stored_answer
 
 pytestmark = test_browser.pytestmark
 server, page = test_browser.server, test_browser.page  # its fixtures, reused
 
-AREA = ".st-key-attach_area"
-UPLOADER = f'{AREA} [data-testid="stFileUploader"] input[type="file"]'
+AREA = TRAY
+UPLOADER = TRAY_INPUT
 
 
 def attach(page, *files: tuple[str, bytes, str]) -> None:

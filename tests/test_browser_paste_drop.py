@@ -10,12 +10,12 @@ import re
 import pytest
 import test_browser
 from conftest import image_bytes
-from test_browser import ASSISTANT, TEXTAREA, TRAY_CAPTION, press_send, stored_answer
+from test_browser import ASSISTANT, TEXTAREA, TRAY, TRAY_CAPTION, open_tab, press_send, stored_answer
 
 pytestmark = test_browser.pytestmark
 server = test_browser.server  # its fixture, reused (one server for the module)
 
-AREA = ".st-key-attach_area"
+AREA = TRAY
 CHIP = '[data-testid="stFileChip"]'  # the chat box's own file chip: it never holds a file now
 PASTED = re.compile(r"^Pasted \d{4}-\d\d-\d\d \d\d\.\d\d\.\d\d\.png$")
 
@@ -40,11 +40,7 @@ DROP = """(el, files) => {
 @pytest.fixture
 def tab(browser, server):
     """A fresh tab on the app that may use the clipboard (as a user's Ctrl+C / Ctrl+V do)."""
-    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    page.goto(server[0])
-    page.wait_for_selector(TEXTAREA)
+    context, page = open_tab(browser, server[0], permissions=["clipboard-read", "clipboard-write"])
     yield page
     context.close()
 

@@ -7,20 +7,20 @@ The real page server under an address-space cap, sessions in Debian's Chromium o
 from __future__ import annotations
 
 import pytest
+import test_browser
 from PIL import Image
-from test_browser import ASSISTANT, TEXTAREA, TRAY_CAPTION, press_send, serve, stop
+from test_api_limits import rss
+from test_browser import ASSISTANT, TEXTAREA, TRAY_CAPTION, TRAY_INPUT, open_tab, press_send, serve, stop
 
-pytestmark = pytest.mark.enable_socket
+pytestmark = test_browser.pytestmark
 
 ADDRESS_SPACE = 6 * 1024**3  # the page server's cap: a few kept decodes too many and it fails
 SESSIONS = 5
-TRAY_INPUT = '.st-key-attach_area [data-testid="stFileUploader"] input[type="file"]'
 
 
 def rss_mb(proc) -> int:
     """Resident memory of a process, in MB."""
-    with open(f"/proc/{proc.pid}/status") as status:
-        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS:"))
+    return rss(proc) // 2**20
 
 
 @pytest.fixture
@@ -34,11 +34,8 @@ def server(tiny_qwen25, tmp_path):
 
 def ask_with(browser, url: str, question: str, image=None) -> None:
     """One session: open the page, attach `image` in the tray (if any), send, wait for the answer, close."""
-    context = browser.new_context()
-    tab = context.new_page()
+    context, tab = open_tab(browser, url)
     tab.set_default_timeout(180_000)
-    tab.goto(url)
-    tab.wait_for_selector(TEXTAREA)
     if image is not None:
         tab.locator(TRAY_INPUT).set_input_files(str(image))
         tab.locator(TRAY_CAPTION).get_by_text("visual tokens").wait_for()

@@ -13,7 +13,7 @@ from vlassist.answers.prompts import preset_prompt
 from vlassist.conversation import GenerationOptions, Stats
 from vlassist.errors import ImageError, VlassistError
 from vlassist.families import FAMILIES
-from vlassist.images import LoadedImage, load_image
+from vlassist.images import Fit, LoadedImage, load_image
 from vlassist.service import conversations
 from vlassist.service.answering import AnswerService
 from vlassist.service.models import answer_model
@@ -242,7 +242,7 @@ def chat_input():
 
 # ---- asking ----
 
-def read_attachments(files, fit=None) -> tuple[list[NewImage], list[str]]:
+def read_attachments(files, fit: Fit | None = None) -> tuple[list[NewImage], list[str]]:
     """Decode the chat box's files: the usable images (a PDF's pages) and one message per file that is not.
 
     A PDF longer than the page limit is not sent whole: it goes to the attach area, where its pages are picked.
