@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from conftest import ROOT, image_bytes
 from deploy_support import CHROMIUM
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from vlassist.store.history import History
 
@@ -185,6 +186,11 @@ def test_users_named_by_header_see_only_their_own_history(browser, tiny_qwen25, 
             else:
                 tab.wait_for_selector(TEXTAREA)
                 tab.get_by_text("Model status").wait_for()  # drawn after the conversation list
+                own = {"ann": "Ann's invoice", "bob": "Bob's diagram"}[user]
+                try:  # the list may come with a later rerun than the first frame: wait for the user's own entry
+                    tab.locator('[data-testid="stSidebar"]').get_by_text(own).first.wait_for(timeout=30_000)
+                except PlaywrightTimeout:
+                    pass  # not shown: the assertion below reports it
                 sidebar = tab.locator('[data-testid="stSidebar"]').inner_text()
                 seen[user] = ("Ann's invoice" in sidebar, "Bob's diagram" in sidebar)
             context.close()
