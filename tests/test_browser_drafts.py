@@ -3,15 +3,19 @@ typed question text and attached files stay with the conversation they were made
 
 from __future__ import annotations
 
+import pytest
 import test_browser
 from conftest import image_bytes
 from test_browser import ASSISTANT, TEXTAREA, press_send, stored_answer
 from test_browser_attach import AREA, attach
 
+from vlassist.ui import text_drafts
+
 pytestmark = test_browser.pytestmark
 server, page = test_browser.server, test_browser.page  # its fixtures, reused (one server for the module)
 
 NEW = ".st-key-new_conversation button"
+STAND_IN = "http://vlassist.invalid/"  # answered inside the browser (page.route): nothing reaches a network
 
 
 def ask_plain(page, question: str) -> None:
@@ -74,3 +78,82 @@ def test_attached_files_stay_with_their_conversation(page, server):
     open_conversation(page, "Draft files conversation one")
     tile.get_by_text("visual tokens").wait_for()
     assert "90×120 PNG" in tile.inner_text() and "model sees" in tile.inner_text()
+
+
+# The page script alone, on a stand-in page with the chat box's textarea. Here the test decides when the address
+# changes and when the box is cleared relative to the script's poll, which the live page leaves to chance.
+
+@pytest.fixture
+def box_page(browser):
+    """A tab on a stand-in page holding a chat-box textarea and the drafts script, at a new conversation."""
+    context = browser.new_context()
+    tab = context.new_page()
+    body = f'<textarea data-testid="stChatInputTextArea"></textarea>{text_drafts.script()}'
+    tab.route(STAND_IN + "**", lambda route: route.fulfill(content_type="text/html", body=body))
+    tab.goto(STAND_IN)
+    yield tab
+    context.close()
+
+
+def type_in_box(tab, text: str) -> None:
+    """Type into the box (an input event, as a keyboard gives)."""
+    tab.locator("textarea").fill(text)
+
+
+def clear_as_send(tab) -> None:
+    """Empty the box the way the chat box does on Send: its value set directly, no input event."""
+    tab.evaluate("document.querySelector('textarea').value = ''")
+
+
+def address(tab, query: str) -> None:
+    """Change the address the way Streamlit does when a rerun opens a conversation (history.pushState)."""
+    tab.evaluate("q => history.pushState({}, '', '/' + q)", query)
+
+
+def settle(tab) -> None:
+    """Let the script's poll run a few times."""
+    tab.wait_for_timeout(4 * text_drafts.POLL_MS)
+
+
+def test_a_sent_question_is_no_draft_when_a_new_conversation_opens(box_page):
+    """A question typed in a new conversation and sent is not put back in the box by the next New conversation,
+    even when the conversation's address arrives before the script's poll saw the box emptied."""
+    type_in_box(box_page, "Question already sent")
+    settle(box_page)  # the poll has seen the typed text
+    box_page.evaluate("""() => {  // in one turn of the page's event loop: no poll in between
+        document.querySelector('textarea').value = '';
+        history.pushState({}, '', '/?c=7');
+    }""")
+    settle(box_page)
+    address(box_page, "")  # New conversation
+    settle(box_page)
+    assert box_page.locator("textarea").input_value() == ""
+
+
+def test_text_typed_right_after_opening_a_conversation_stays_in_the_box(box_page):
+    """Text typed at once after another conversation opens is kept (not replaced by that conversation's draft)."""
+    type_in_box(box_page, "draft of the new one")
+    box_page.evaluate("""() => {  // the address changes and the user types before any poll runs
+        history.pushState({}, '', '/?c=3');
+        const box = document.querySelector('textarea');
+        box.value = 'typed in conversation 3';
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+    }""")
+    settle(box_page)
+    assert box_page.locator("textarea").input_value() == "typed in conversation 3"
+    address(box_page, "")
+    settle(box_page)
+    assert box_page.locator("textarea").input_value() == "draft of the new one"
+    address(box_page, "?c=3")
+    settle(box_page)
+    assert box_page.locator("textarea").input_value() == "typed in conversation 3"
+
+
+def test_a_reload_puts_the_open_conversations_draft_back(box_page):
+    """The draft of the open conversation is back in the box after the tab reloads."""
+    address(box_page, "?c=5")
+    type_in_box(box_page, "half a question")
+    settle(box_page)
+    box_page.reload()
+    settle(box_page)
+    assert box_page.locator("textarea").input_value() == "half a question"
