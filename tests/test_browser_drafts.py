@@ -100,11 +100,6 @@ def type_in_box(tab, text: str) -> None:
     tab.locator("textarea").fill(text)
 
 
-def clear_as_send(tab) -> None:
-    """Empty the box the way the chat box does on Send: its value set directly, no input event."""
-    tab.evaluate("document.querySelector('textarea').value = ''")
-
-
 def address(tab, query: str) -> None:
     """Change the address the way Streamlit does when a rerun opens a conversation (history.pushState)."""
     tab.evaluate("q => history.pushState({}, '', '/' + q)", query)
@@ -121,7 +116,7 @@ def test_a_sent_question_is_no_draft_when_a_new_conversation_opens(box_page):
     type_in_box(box_page, "Question already sent")
     settle(box_page)  # the poll has seen the typed text
     box_page.evaluate("""() => {  // in one turn of the page's event loop: no poll in between
-        document.querySelector('textarea').value = '';
+        document.querySelector('textarea').value = '';  // as Send empties it: no input event
         history.pushState({}, '', '/?c=7');
     }""")
     settle(box_page)

@@ -54,14 +54,13 @@ if (!window.__vlassistDrafts) {
     history[name] = function (...args) { const result = original.apply(this, args); follow(); return result; };
   }
   window.addEventListener("popstate", follow);
-  document.addEventListener("input", event => {
-    if (event.target === box()) { follow(); if (owed === null) keep(event.target, shown); }
-  }, true);
-  setInterval(() => {  // also catches the box being cleared by a send, which fires no input event
+  const sync = () => {
     follow();
     const el = box();
     if (el && owed === null) keep(el, shown);
-  }, %(poll)d);
+  };
+  document.addEventListener("input", event => { if (event.target === box()) sync(); }, true);
+  setInterval(sync, %(poll)d);  // also catches the box being cleared by a send, which fires no input event
 }
 }</script>"""
 
